@@ -1,0 +1,293 @@
+//! The backend trait and the guard it hands out. The supervisor and the
+//! command-line tool only see these types, never files or SQL.
+
+use std::fmt;
+use std::os::fd::BorrowedFd;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::name::LockName;
+use crate::record::Record;
+
+pub mod file;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
+/// A place where locks live: a directory of lock files, or a database.
+///
+/// Implementations decide liveness only from the kernel or the database
+/// server, never from a pid in a record.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// One attempt to take the lock `name` for a holder that will run
+    /// `command` (recorded for others to see). Never waits.
+    ///
+    /// # Errors
+    ///
+    /// The backend cannot be used, or refuses for safety.
+    fn try_acquire(&self, name: &LockName, command: &[String]) -> Result<Attempt>;
+
+    /// Waits until the lock is taken, or until `timeout` has passed (then
+    /// [`Attempt::Held`]). `None` waits without limit. Waiting is done by
+    /// the kernel or the server, not by polling.
+    ///
+    /// # Errors
+    ///
+    /// The backend cannot be used, or refuses for safety.
+    fn acquire(
+        &self,
+        name: &LockName,
+        command: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<Attempt>;
+
+    /// Whether `name` is held and by whom, found without taking the lock.
+    ///
+    /// # Errors
+    ///
+    /// The backend cannot be used.
+    fn status(&self, name: &LockName) -> Result<Status>;
+
+    /// The status of every lock this backend knows of.
+    ///
+    /// # Errors
+    ///
+    /// The backend cannot be used.
+    fn list(&self) -> Result<Vec<Status>>;
+}
+
+/// A lock held by a backend. [`Guard`] wraps it; implement this to add a
+/// backend.
+pub trait Held: Send + fmt::Debug {
+    /// This holder's record, as written for others.
+    fn record(&self) -> &Record;
+
+    /// The fencing token, when it was durably recorded. A token that could
+    /// not be persisted is not handed out, since a later holder could be
+    /// given the same number.
+    fn token(&self) -> Option<u64>;
+
+    /// The name of the lock held.
+    fn name(&self) -> &LockName;
+
+    /// The backend's own variables for a child process, such as
+    /// `ONLYONE_LOCK_FILE`, as `(variable, value)` pairs.
+    fn env(&self) -> Vec<(String, String)>;
+
+    /// Descriptors a child process must inherit so that the lock outlives
+    /// the holder for as long as the child runs (the file backend); empty
+    /// when the lock cannot be shared that way (a database session).
+    fn inheritable_fds(&self) -> Vec<BorrowedFd<'_>>;
+
+    /// The watch that fires when the lock is lost.
+    fn loss(&self) -> &LossWatch;
+
+    /// Releases the lock cleanly.
+    ///
+    /// # Errors
+    ///
+    /// Releasing failed; the lock is released anyway when the process
+    /// exits or the session ends.
+    fn release(self: Box<Self>) -> Result<()>;
+}
+
+/// The outcome of an attempt to take a lock.
+#[derive(Debug)]
+#[must_use = "a lock taken and dropped at once is released at once"]
+pub enum Attempt {
+    /// The lock is ours until the guard is dropped.
+    Acquired(Guard),
+    /// Someone else holds it (or the wait timed out while they did).
+    Held(Holder),
+}
+
+/// Who holds a lock, as far as can be told without taking it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Holder {
+    /// The holder's record, when it could be read and parsed.
+    pub record: Option<Record>,
+    /// Process ids that the kernel or server reports as holding it.
+    pub pids: Vec<u32>,
+    /// Anything else the backend can tell (for example the database
+    /// session's client address).
+    pub detail: Option<String>,
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.record {
+            Some(record) => {
+                write!(f, "{record}")?;
+                if record.process_is_running_here() == Some(false) {
+                    f.write_str(" [that process has exited; its descendants keep the lock]")?;
+                }
+            }
+            None => {
+                f.write_str("an unknown holder (no readable onlyone record)")?;
+                if !self.pids.is_empty() {
+                    let pids: Vec<_> = self.pids.iter().map(u32::to_string).collect();
+                    write!(f, ", locked by pid {}", pids.join(", "))?;
+                }
+            }
+        }
+        if let Some(detail) = &self.detail {
+            write!(f, " ({detail})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a lock is held, and by whom.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// The lock's name.
+    pub name: String,
+    /// Where the lock lives (a file path, or a database key).
+    pub location: String,
+    /// Whether it is held now.
+    pub held: bool,
+    /// The holder, when held.
+    pub holder: Option<Holder>,
+    /// The last fencing token handed out, when known.
+    pub last_token: Option<u64>,
+    /// Processes or sessions waiting for it, when the backend can see them.
+    pub waiters: Vec<String>,
+}
+
+/// Fires once when a held lock is lost, with the reason.
+#[derive(Clone, Debug, Default)]
+pub struct LossWatch(Arc<(Mutex<Option<String>>, Condvar)>);
+
+impl LossWatch {
+    /// A watch that has not fired.
+    pub fn new() -> LossWatch {
+        LossWatch::default()
+    }
+
+    /// Records that the lock is lost, and wakes every waiter.
+    pub fn fire(&self, reason: impl Into<String>) {
+        let (lost, changed) = &*self.0;
+        let mut lost = lost.lock().unwrap_or_else(|e| e.into_inner());
+        if lost.is_none() {
+            *lost = Some(reason.into());
+        }
+        changed.notify_all();
+    }
+
+    /// Why the lock was lost, if it was.
+    pub fn reason(&self) -> Option<String> {
+        let (lost, _) = &*self.0;
+        lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until the lock is lost or `timeout` passes; the reason if lost.
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<String> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let (lost, changed) = &*self.0;
+        let mut lost = lost.lock().unwrap_or_else(|e| e.into_inner());
+        while lost.is_none() {
+            match deadline {
+                None => lost = changed.wait(lost).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    lost = changed
+                        .wait_timeout(lost, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+        lost.clone()
+    }
+}
+
+/// A held lock. Dropping it releases the lock; a failure to release is
+/// logged, never raised.
+#[must_use = "the lock is released when the guard is dropped"]
+#[derive(Debug)]
+pub struct Guard {
+    held: Option<Box<dyn Held>>,
+}
+
+impl Guard {
+    /// Wraps what a backend holds.
+    pub fn new(held: Box<dyn Held>) -> Guard {
+        Guard { held: Some(held) }
+    }
+
+    fn held(&self) -> &dyn Held {
+        self.held.as_deref().expect("a guard holds until dropped")
+    }
+
+    /// The fencing token of this acquisition: larger than every token
+    /// handed out before for this lock. `None` when it could not be
+    /// recorded durably (then it must not be used for fencing).
+    pub fn token(&self) -> Option<u64> {
+        self.held().token()
+    }
+
+    /// The record written for this holder.
+    pub fn record(&self) -> &Record {
+        self.held().record()
+    }
+
+    /// Why the lock was lost, or `None` while it is still held.
+    pub fn lost(&self) -> Option<String> {
+        self.held().loss().reason()
+    }
+
+    /// A watch that fires when the lock is lost; it can be waited on from
+    /// another thread.
+    pub fn loss_watch(&self) -> LossWatch {
+        self.held().loss().clone()
+    }
+
+    /// Variables that describe the lock to a child process
+    /// (`ONLYONE_NAME`, `ONLYONE_TOKEN`, and the backend's own).
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![("ONLYONE_NAME".to_owned(), self.name().to_string())];
+        if let Some(token) = self.token() {
+            env.push(("ONLYONE_TOKEN".to_owned(), token.to_string()));
+        }
+        env.extend(self.held().env());
+        env
+    }
+
+    /// The name of the lock held.
+    pub fn name(&self) -> &LockName {
+        self.held().name()
+    }
+
+    /// Descriptors a child must inherit to keep the lock while it runs.
+    pub fn inheritable_fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.held().inheritable_fds()
+    }
+
+    /// Releases the lock now, reporting failure.
+    ///
+    /// # Errors
+    ///
+    /// The backend could not release cleanly; the lock is still released
+    /// when the process exits.
+    pub fn release(mut self) -> Result<()> {
+        match self.held.take() {
+            Some(held) => held.release(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take()
+            && let Err(err) = held.release()
+        {
+            log::warn!("releasing the lock failed: {err}");
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The library's one error type: opaque, with accessors for what a caller
+//! may want to act on.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// A specialized `Result` for onlyone operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error from onlyone.
+///
+/// "The lock is held by someone else" is not an error: it is the
+/// [`Attempt::Held`](crate::Attempt::Held) outcome. An `Error` means the
+/// lock could not be used at all, or was refused for safety, or was lost.
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    path: Option<PathBuf>,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+/// What class of failure an [`Error`] is. Each maps to one exit code of the
+/// command-line tool (see [`Error::exit_code`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Bad input: an invalid name, duration, URL or option.
+    Usage,
+    /// The lock backend cannot be used: the lock file cannot be created,
+    /// opened or locked for a reason other than a conflict, or the database
+    /// cannot be reached.
+    Unavailable,
+    /// Refused for safety: a symlink where a lock file or directory should
+    /// be, a directory owned by another user, unsafe permissions, a standby
+    /// server, a connection pooler.
+    Unsafe,
+    /// The lock was held, and then lost.
+    Lost,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error {
+            kind,
+            message: message.into(),
+            path: None,
+            source: None,
+        }
+    }
+
+    pub(crate) fn usage(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Usage, message)
+    }
+
+    pub(crate) fn unavailable(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Unavailable, message)
+    }
+
+    pub(crate) fn unsafe_(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Unsafe, message)
+    }
+
+    pub(crate) fn lost(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Lost, message)
+    }
+
+    /// An I/O failure on `path`, classified: permission and symlink
+    /// refusals are `Unsafe`-free `Unavailable` unless the caller knows
+    /// better.
+    pub(crate) fn io(message: impl Into<String>, path: &Path, err: io::Error) -> Error {
+        Error::unavailable(message).with_path(path).with_source(err)
+    }
+
+    pub(crate) fn with_path(mut self, path: &Path) -> Error {
+        self.path = Some(path.to_path_buf());
+        self
+    }
+
+    pub(crate) fn with_source(
+        mut self,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Error {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// The class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The file or directory the error is about, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// True for bad input (name, duration, URL).
+    pub fn is_usage(&self) -> bool {
+        self.kind == ErrorKind::Usage
+    }
+
+    /// True when the operation was refused for safety.
+    pub fn is_unsafe(&self) -> bool {
+        self.kind == ErrorKind::Unsafe
+    }
+
+    /// True when a held lock was lost.
+    pub fn is_lost(&self) -> bool {
+        self.kind == ErrorKind::Lost
+    }
+
+    /// The exit code the command-line tool uses for this error
+    /// (sysexits.h: 64 usage, 69 unavailable, 74 lost, 77 refused).
+    pub fn exit_code(&self) -> u8 {
+        match self.kind {
+            ErrorKind::Usage => 64,
+            ErrorKind::Unavailable => 69,
+            ErrorKind::Lost => 74,
+            ErrorKind::Unsafe => 77,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(path) = &self.path {
+            write!(f, ": {}", path.display())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}

@@ -1,0 +1,89 @@
+//! `Lock`: a name and the backend it lives in.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::file::FileBackend;
+use crate::backend::{Attempt, Backend, Status};
+use crate::error::Result;
+use crate::name::LockName;
+
+/// A named lock in a backend. Cheap to clone; taking it gives a
+/// [`Guard`](crate::Guard).
+#[derive(Clone, Debug)]
+pub struct Lock {
+    name: LockName,
+    backend: Arc<dyn Backend>,
+    command: Vec<String>,
+}
+
+impl Lock {
+    /// The lock `name` in `backend`.
+    ///
+    /// # Errors
+    ///
+    /// A usage error when `name` breaks the [naming rule](crate::NAME_RULE).
+    pub fn new(name: &str, backend: impl Backend + 'static) -> Result<Lock> {
+        Ok(Lock::with_backend(LockName::new(name)?, Arc::new(backend)))
+    }
+
+    /// The lock `name` in a shared backend.
+    pub fn with_backend(name: LockName, backend: Arc<dyn Backend>) -> Lock {
+        Lock {
+            name,
+            backend,
+            command: Vec::new(),
+        }
+    }
+
+    /// The lock file `name` in the per-user default directory
+    /// ([`default_dir`](crate::default_dir)).
+    ///
+    /// # Errors
+    ///
+    /// A usage error for a bad name; the directory is only created when the
+    /// lock is taken.
+    pub fn file(name: &str) -> Result<Lock> {
+        Lock::new(name, FileBackend::new(crate::default_dir()))
+    }
+
+    /// Records `command` as what the holder runs, for others to see.
+    pub fn command(mut self, command: Vec<String>) -> Lock {
+        self.command = command;
+        self
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &LockName {
+        &self.name
+    }
+
+    /// One attempt, never waiting. "Held by someone else" is
+    /// [`Attempt::Held`], not an error.
+    ///
+    /// # Errors
+    ///
+    /// The backend cannot be used, or refuses for safety.
+    pub fn try_acquire(&self) -> Result<Attempt> {
+        self.backend.try_acquire(&self.name, &self.command)
+    }
+
+    /// Waits for the lock, without limit (`None`) or at most `timeout`;
+    /// [`Attempt::Held`] when the timeout passed first.
+    ///
+    /// # Errors
+    ///
+    /// The backend cannot be used, or refuses for safety.
+    pub fn acquire(&self, timeout: Option<Duration>) -> Result<Attempt> {
+        self.backend.acquire(&self.name, &self.command, timeout)
+    }
+
+    /// Whether the lock is held and by whom, without taking it.
+    ///
+    /// # Errors
+    ///
+    /// The backend cannot be used.
+    pub fn status(&self) -> Result<Status> {
+        self.backend.status(&self.name)
+    }
+}

@@ -1,0 +1,183 @@
+//! The holder record: who holds a lock, written by the holder only after the
+//! lock is held. It is information for people and for fencing; it never
+//! decides whether a lock is held.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::sys;
+
+/// The format tag of version 1 of the record.
+pub const RECORD_FORMAT: &str = "onlyone/1";
+
+/// The largest record read back; anything longer is not a record.
+pub const MAX_RECORD_LEN: usize = 64 * 1024;
+
+/// Who holds (or last held) a lock.
+///
+/// In the lock file it is one line of JSON (format `onlyone/1`), for example:
+///
+/// ```text
+/// {"format":"onlyone/1","token":7,"pid":17656,"start_time":912345,
+///  "boot_id":"0c6f…","host":"host1","user":"bot","uid":1000,
+///  "command":["python3","main.py"],"acquired_at":"2025-10-18T14:43:00.123Z"}
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Always [`RECORD_FORMAT`] for this version.
+    pub format: String,
+    /// The fencing token of this acquisition: one more than the previous
+    /// holder's.
+    pub token: u64,
+    /// The process id of the holder (the supervisor, for `onlyone run`).
+    pub pid: u32,
+    /// The holder's start time in clock ticks since boot (Linux), which
+    /// tells it apart from a later process that reuses its pid.
+    pub start_time: Option<u64>,
+    /// The boot the holder ran in (Linux `boot_id`).
+    pub boot_id: Option<String>,
+    /// The host name of the holder's machine.
+    pub host: String,
+    /// The holder's login name.
+    pub user: String,
+    /// The holder's user id.
+    pub uid: u32,
+    /// The command that runs under the lock (empty for a library holder
+    /// that said none).
+    pub command: Vec<String>,
+    /// When the lock was acquired, RFC 3339 in UTC.
+    pub acquired_at: String,
+}
+
+impl Record {
+    /// A record for the calling process, acquiring now with `token`.
+    pub fn for_current_process(command: &[String], token: u64) -> Record {
+        let pid = std::process::id();
+        let uid = sys::uid();
+        Record {
+            format: RECORD_FORMAT.to_owned(),
+            token,
+            pid,
+            start_time: sys::process_start_time(pid),
+            boot_id: sys::boot_id(),
+            host: sys::hostname(),
+            user: sys::user_name(uid),
+            uid,
+            command: command.to_vec(),
+            acquired_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        }
+    }
+
+    /// Parses a record; `None` for anything that is not a version-1 record
+    /// (an empty file, garbage, a future version, a file written by flock(1)).
+    pub fn parse(bytes: &[u8]) -> Option<Record> {
+        if bytes.len() > MAX_RECORD_LEN {
+            return None;
+        }
+        let text = std::str::from_utf8(bytes).ok()?;
+        let record: Record = serde_json::from_str(text.trim_end()).ok()?;
+        (record.format == RECORD_FORMAT).then_some(record)
+    }
+
+    /// The record as written to the lock file: one JSON line.
+    pub fn to_line(&self) -> String {
+        let mut line = serde_json::to_string(self).expect("a record always serializes");
+        line.push('\n');
+        line
+    }
+
+    /// When the lock was acquired, if the recorded time parses.
+    pub fn acquired_time(&self) -> Option<SystemTime> {
+        humantime::parse_rfc3339_weak(&self.acquired_at).ok()
+    }
+
+    /// How long ago the lock was acquired.
+    pub fn age(&self) -> Option<Duration> {
+        SystemTime::now().duration_since(self.acquired_time()?).ok()
+    }
+
+    /// Whether the recorded process still runs on this machine: the same
+    /// pid, start time and boot. For display only — liveness of a lock is
+    /// decided by the kernel or the server, never by this.
+    pub fn process_is_running_here(&self) -> Option<bool> {
+        if self.host != sys::hostname() {
+            return None;
+        }
+        if self.boot_id.is_some() && self.boot_id != sys::boot_id() {
+            return Some(false);
+        }
+        match self.start_time {
+            Some(start) => Some(sys::process_start_time(self.pid) == Some(start)),
+            None => Some(sys::pid_exists(self.pid)),
+        }
+    }
+
+    /// The command as one shell-like line.
+    pub fn command_line(&self) -> String {
+        self.command
+            .iter()
+            .map(|arg| {
+                if !arg.is_empty()
+                    && arg
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b))
+                {
+                    arg.clone()
+                } else {
+                    format!("'{}'", arg.replace('\'', r"'\''"))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// "pid 17656 on host1 since 2025-10-18T14:43:00Z (2h 3m ago): python3 main.py"
+impl fmt::Display for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pid {} on {}", self.pid, self.host)?;
+        if let Some(at) = self.acquired_time() {
+            write!(f, " since {}", humantime::format_rfc3339_seconds(at))?;
+        }
+        if let Some(age) = self.age() {
+            write!(f, " ({} ago)", format_age(age))?;
+        }
+        if !self.command.is_empty() {
+            write!(f, ": {}", self.command_line())?;
+        }
+        Ok(())
+    }
+}
+
+/// A duration rounded to whole seconds, as "2h 3m 4s".
+pub fn format_age(age: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(age.as_secs())).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_its_line() {
+        let record = Record::for_current_process(&["sleep".into(), "it's 5".into()], 7);
+        assert_eq!(Record::parse(record.to_line().as_bytes()), Some(record));
+    }
+
+    #[test]
+    fn refuses_garbage_and_other_versions() {
+        assert_eq!(Record::parse(b""), None);
+        assert_eq!(Record::parse(b"17656\n"), None);
+        let mut record = Record::for_current_process(&[], 1);
+        record.format = "onlyone/2".into();
+        assert_eq!(Record::parse(record.to_line().as_bytes()), None);
+    }
+
+    #[test]
+    fn quotes_arguments_that_need_it() {
+        let record = Record::for_current_process(&["sh".into(), "-c".into(), "a b".into()], 1);
+        assert_eq!(record.command_line(), "sh -c 'a b'");
+    }
+}
