@@ -17,6 +17,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Error {
     kind: ErrorKind,
     message: String,
+    code: Option<u8>,
     path: Option<PathBuf>,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
@@ -38,6 +39,9 @@ pub enum ErrorKind {
     Unsafe,
     /// The lock was held, and then lost.
     Lost,
+    /// The command to run under the lock could not be started (not found:
+    /// exit code 127; not executable: 126).
+    Command,
 }
 
 impl Error {
@@ -45,6 +49,7 @@ impl Error {
         Error {
             kind,
             message: message.into(),
+            code: None,
             path: None,
             source: None,
         }
@@ -62,13 +67,18 @@ impl Error {
         Error::new(ErrorKind::Unsafe, message)
     }
 
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn lost(message: impl Into<String>) -> Error {
         Error::new(ErrorKind::Lost, message)
     }
 
-    /// An I/O failure on `path`, classified: permission and symlink
-    /// refusals are `Unsafe`-free `Unavailable` unless the caller knows
-    /// better.
+    pub(crate) fn command(code: u8, message: impl Into<String>) -> Error {
+        let mut err = Error::new(ErrorKind::Command, message);
+        err.code = Some(code);
+        err
+    }
+
+    /// An I/O failure on `path` that makes the backend unusable.
     pub(crate) fn io(message: impl Into<String>, path: &Path, err: io::Error) -> Error {
         Error::unavailable(message).with_path(path).with_source(err)
     }
@@ -112,9 +122,11 @@ impl Error {
     }
 
     /// The exit code the command-line tool uses for this error
-    /// (sysexits.h: 64 usage, 69 unavailable, 74 lost, 77 refused).
+    /// (sysexits.h: 64 usage, 69 unavailable, 74 lost, 77 refused; the
+    /// shell's 126 and 127 for a command that cannot run).
     pub fn exit_code(&self) -> u8 {
         match self.kind {
+            ErrorKind::Command => self.code.unwrap_or(126),
             ErrorKind::Usage => 64,
             ErrorKind::Unavailable => 69,
             ErrorKind::Lost => 74,

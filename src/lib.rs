@@ -30,7 +30,7 @@ mod error;
 mod lock;
 mod name;
 mod record;
-// pub mod supervise;
+pub mod supervise;
 mod sys;
 
 pub use backend::file::{FileBackend, default_dir};

@@ -76,7 +76,9 @@ mod tests {
     #[test]
     fn rejects_everything_else() {
         let long = "n".repeat(129);
-        for bad in ["", ".", "..", ".hidden", "a/b", "a b", "a\0b", "é", "a\n", &long] {
+        for bad in [
+            "", ".", "..", ".hidden", "a/b", "a b", "a\0b", "é", "a\n", &long,
+        ] {
             let err = LockName::new(bad).unwrap_err();
             assert!(err.is_usage());
             assert!(err.to_string().contains("not starting with '.'"), "{err}");

@@ -114,8 +114,12 @@ impl FileBackend {
             // A read-only file or filesystem still locks: the record just
             // cannot be written.
             Err(rustix::io::Errno::ACCESS | rustix::io::Errno::ROFS | rustix::io::Errno::PERM) => {
-                let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, mode)
-                    .map_err(|e| open_error(path, e))?;
+                let fd = rustix::fs::open(
+                    path,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    mode,
+                )
+                .map_err(|e| open_error(path, e))?;
                 (fd, false)
             }
             Err(e) => return Err(open_error(path, e)),
@@ -125,10 +129,10 @@ impl FileBackend {
             .metadata()
             .map_err(|e| Error::io("cannot stat the lock file", path, e))?;
         if !meta.file_type().is_file() {
-            return Err(Error::unsafe_(
-                "refusing to lock something that is not a regular file",
-            )
-            .with_path(path));
+            return Err(
+                Error::unsafe_("refusing to lock something that is not a regular file")
+                    .with_path(path),
+            );
         }
         let owner = meta.uid();
         if owner != sys::uid() && owner != 0 && !rules.shared_group {
@@ -272,10 +276,9 @@ fn open_error(path: &Path, errno: rustix::io::Errno) -> Error {
             Error::unsafe_("refusing to follow a symlink where the lock file should be")
                 .with_path(path)
         }
-        rustix::io::Errno::ISDIR => Error::unsafe_(
-            "refusing to lock something that is not a regular file",
-        )
-        .with_path(path),
+        rustix::io::Errno::ISDIR => {
+            Error::unsafe_("refusing to lock something that is not a regular file").with_path(path)
+        }
         e => Error::io("cannot open the lock file", path, e.into()),
     }
 }
@@ -291,9 +294,7 @@ struct DirRules {
 
 fn check_dir(dir: &Path, meta: &std::fs::Metadata, private: bool) -> Result<DirRules> {
     if meta.file_type().is_symlink() {
-        return Err(
-            Error::unsafe_("refusing a lock directory that is a symlink").with_path(dir),
-        );
+        return Err(Error::unsafe_("refusing a lock directory that is a symlink").with_path(dir));
     }
     if !meta.is_dir() {
         return Err(Error::unavailable("the lock directory is not a directory").with_path(dir));
@@ -439,7 +440,11 @@ impl Backend for FileBackend {
         command: &[String],
         timeout: Option<Duration>,
     ) -> Result<Attempt> {
-        self.attempt(name, command, Wait::Until(timeout.map(|t| Instant::now() + t)))
+        self.attempt(
+            name,
+            command,
+            Wait::Until(timeout.map(|t| Instant::now() + t)),
+        )
     }
 
     fn status(&self, name: &LockName) -> Result<Status> {
@@ -542,7 +547,9 @@ impl FileHeld {
         let socket = Arc::new(socket);
         let previous = read_record(&lock_file.file).map_or(0, |r| r.token);
         let record = Record::for_current_process(command, previous + 1);
-        let token = lock_file.write_record(&record, &path).then_some(record.token);
+        let token = lock_file
+            .write_record(&record, &path)
+            .then_some(record.token);
         let loss = LossWatch::new();
         let stop = Arc::new(Stop::default());
         let watcher = Watcher {

@@ -96,6 +96,8 @@ pub trait Held: Send + fmt::Debug {
 /// The outcome of an attempt to take a lock.
 #[derive(Debug)]
 #[must_use = "a lock taken and dropped at once is released at once"]
+// Made once per acquisition: the size of the held variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Attempt {
     /// The lock is ours until the guard is dropped.
     Acquired(Guard),
@@ -157,8 +159,22 @@ pub struct Status {
 }
 
 /// Fires once when a held lock is lost, with the reason.
-#[derive(Clone, Debug, Default)]
-pub struct LossWatch(Arc<(Mutex<Option<String>>, Condvar)>);
+#[derive(Clone, Default)]
+pub struct LossWatch(Arc<(Mutex<LossState>, Condvar)>);
+
+type LossCallback = Box<dyn FnOnce(String) + Send>;
+
+#[derive(Default)]
+struct LossState {
+    reason: Option<String>,
+    callbacks: Vec<LossCallback>,
+}
+
+impl fmt::Debug for LossWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("LossWatch").field(&self.reason()).finish()
+    }
+}
 
 impl LossWatch {
     /// A watch that has not fired.
@@ -166,43 +182,67 @@ impl LossWatch {
         LossWatch::default()
     }
 
-    /// Records that the lock is lost, and wakes every waiter.
+    fn state(&self) -> std::sync::MutexGuard<'_, LossState> {
+        self.0.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that the lock is lost, wakes every waiter and runs every
+    /// callback. Only the first reason is kept.
     pub fn fire(&self, reason: impl Into<String>) {
-        let (lost, changed) = &*self.0;
-        let mut lost = lost.lock().unwrap_or_else(|e| e.into_inner());
-        if lost.is_none() {
-            *lost = Some(reason.into());
+        let mut state = self.state();
+        if state.reason.is_some() {
+            return;
         }
-        changed.notify_all();
+        let reason = reason.into();
+        state.reason = Some(reason.clone());
+        let callbacks = std::mem::take(&mut state.callbacks);
+        drop(state);
+        self.0.1.notify_all();
+        for callback in callbacks {
+            callback(reason.clone());
+        }
     }
 
     /// Why the lock was lost, if it was.
     pub fn reason(&self) -> Option<String> {
-        let (lost, _) = &*self.0;
-        lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.state().reason.clone()
+    }
+
+    /// Calls `callback` with the reason once the lock is lost (at once, if
+    /// it already is).
+    pub fn on_loss(&self, callback: impl FnOnce(String) + Send + 'static) {
+        let mut state = self.state();
+        match state.reason.clone() {
+            Some(reason) => {
+                drop(state);
+                callback(reason);
+            }
+            None => state.callbacks.push(Box::new(callback)),
+        }
     }
 
     /// Waits until the lock is lost or `timeout` passes; the reason if lost.
     pub fn wait(&self, timeout: Option<Duration>) -> Option<String> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let (lost, changed) = &*self.0;
-        let mut lost = lost.lock().unwrap_or_else(|e| e.into_inner());
-        while lost.is_none() {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut state = self.state();
+        while state.reason.is_none() {
             match deadline {
-                None => lost = changed.wait(lost).unwrap_or_else(|e| e.into_inner()),
+                None => state = self.0.1.wait(state).unwrap_or_else(|e| e.into_inner()),
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         break;
                     }
-                    lost = changed
-                        .wait_timeout(lost, left)
+                    state = self
+                        .0
+                        .1
+                        .wait_timeout(state, left)
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
                 }
             }
         }
-        lost.clone()
+        state.reason.clone()
     }
 }
 

@@ -134,9 +134,40 @@ impl HolderSocket {
 pub fn die_with_parent(parent: u32) -> io::Result<()> {
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
     if rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32) != Some(parent) {
-        return Err(io::Error::other("the supervisor exited before the command started"));
+        return Err(io::Error::other(
+            "the supervisor exited before the command started",
+        ));
     }
     Ok(())
+}
+
+/// The default lock directory when `XDG_RUNTIME_DIR` is not set.
+pub fn default_temp_dir() -> std::path::PathBuf {
+    format!("/tmp/onlyone-{}", super::uid()).into()
+}
+
+/// Refuses a directory on a network filesystem, where flock(2) is emulated
+/// with byte-range locks that may hang or silently not exclude.
+pub fn refuse_network_fs(dir: &std::path::Path) -> crate::Result<()> {
+    const NFS: i64 = 0x6969;
+    const SMB: i64 = 0x517b;
+    const CIFS: i64 = 0xff53_4d42;
+    const SMB2: i64 = 0xfe53_4d42;
+    let Ok(stat) = rustix::fs::statfs(dir) else {
+        return Ok(());
+    };
+    // f_type's integer type differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let kind = stat.f_type as i64;
+    let name = match kind {
+        NFS => "NFS",
+        SMB | CIFS | SMB2 => "SMB/CIFS",
+        _ => return Ok(()),
+    };
+    Err(crate::Error::unsafe_(format!(
+        "refusing a lock directory on {name}: file locks there may not exclude other machines; use a local directory, or --postgres across machines"
+    ))
+    .with_path(dir))
 }
 
 #[cfg(test)]
@@ -160,31 +191,4 @@ mod tests {
         assert!(process_start_time(me).is_some());
         assert_eq!(process_start_time(me), process_start_time(me));
     }
-}
-
-/// The default lock directory when `XDG_RUNTIME_DIR` is not set.
-pub fn default_temp_dir() -> std::path::PathBuf {
-    format!("/tmp/onlyone-{}", super::uid()).into()
-}
-
-/// Refuses a directory on a network filesystem, where flock(2) is emulated
-/// with byte-range locks that may hang or silently not exclude.
-pub fn refuse_network_fs(dir: &std::path::Path) -> crate::Result<()> {
-    const NFS: i64 = 0x6969;
-    const SMB: i64 = 0x517b;
-    const CIFS: i64 = 0xff53_4d42;
-    const SMB2: i64 = 0xfe53_4d42;
-    let Ok(stat) = rustix::fs::statfs(dir) else {
-        return Ok(());
-    };
-    let kind = stat.f_type as i64;
-    let name = match kind {
-        NFS => "NFS",
-        SMB | CIFS | SMB2 => "SMB/CIFS",
-        _ => return Ok(()),
-    };
-    Err(crate::Error::unsafe_(format!(
-        "refusing a lock directory on {name}: file locks there may not exclude other machines; use a local directory, or --postgres across machines"
-    ))
-    .with_path(dir))
 }

@@ -1,0 +1,202 @@
+//! Running a command under a held lock: spawn it in its own process group,
+//! forward signals to that group, stop it when the lock is lost, and pass
+//! its exit status through. The supervisor knows nothing of files or SQL:
+//! it only sees a [`Guard`].
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGKILL, SIGQUIT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::backend::Guard;
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// Signals that the supervisor passes on to the command's process group.
+pub const FORWARDED_SIGNALS: [i32; 4] = [SIGTERM, SIGINT, SIGHUP, SIGQUIT];
+
+/// How a supervised command ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It exited on its own (or after a forwarded signal), with this exit
+    /// code: its own status, or 128 + N when killed by signal N.
+    Exited(u8),
+    /// The lock was lost while it ran; it was stopped (SIGTERM to its
+    /// group, then SIGKILL after the grace period).
+    Lost {
+        /// Why the lock was lost.
+        reason: String,
+        /// How the command ended once stopped, as in [`Outcome::Exited`].
+        code: u8,
+    },
+}
+
+/// What happened while the command ran, in the order it happened.
+enum Event {
+    Signal(i32),
+    Lost(String),
+    Exited,
+}
+
+/// Runs `command` while `guard` holds the lock, and returns how it ended.
+/// The guard is not released here: the caller drops it once this returns,
+/// after the command and its process group leader are gone.
+///
+/// The command runs in a new process group with the guard's variables
+/// (`ONLYONE_NAME`, `ONLYONE_TOKEN`, ...) in its environment. It inherits the
+/// guard's lock descriptors, so that a lock on an open file stays held for
+/// as long as the command runs even if the supervisor is killed; on Linux
+/// the kernel also kills the command with SIGKILL when the supervisor dies.
+///
+/// # Errors
+///
+/// The command could not be started: [`Error::exit_code`] is 127 when it
+/// was not found, 126 when it could not be executed.
+pub fn run(guard: &Guard, command: &[String], kill_grace: Duration) -> Result<Outcome> {
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| Error::usage("no command given to run"))?;
+    // Catch signals before the child exists, so none is lost in between.
+    let mut signals = Signals::new(FORWARDED_SIGNALS)
+        .map_err(|e| Error::unavailable("cannot install signal handlers").with_source(e))?;
+    let signals_handle = signals.handle();
+
+    let mut child = spawn(guard, program, args)?;
+    let pgid = child.id();
+    let (events, receive) = mpsc::channel();
+
+    let signal_events = events.clone();
+    let forwarder = thread::spawn(move || {
+        for signal in signals.forever() {
+            if signal_events.send(Event::Signal(signal)).is_err() {
+                break;
+            }
+        }
+    });
+    let loss_events = events.clone();
+    guard.loss_watch().on_loss(move |reason| {
+        let _ = loss_events.send(Event::Lost(reason));
+    });
+    thread::spawn(move || {
+        wait_for_exit_without_reaping(pgid);
+        let _ = events.send(Event::Exited);
+    });
+
+    let mut lost: Option<String> = None;
+    let mut kill_at: Option<Instant> = None;
+    loop {
+        let event = match kill_at {
+            None => receive.recv().ok(),
+            Some(at) => match receive.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Ok(event) => Some(event),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    log::warn!(
+                        "the command did not stop within {} after SIGTERM; sending SIGKILL",
+                        humantime::format_duration(kill_grace)
+                    );
+                    let _ = sys::signal_group(pgid, SIGKILL);
+                    kill_at = None;
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            },
+        };
+        // The group leader is not reaped until Exited, so its pid (our
+        // pgid) cannot be reused while we may still signal it.
+        match event {
+            Some(Event::Signal(signal)) => {
+                let _ = sys::signal_group(pgid, signal);
+            }
+            Some(Event::Lost(reason)) if lost.is_none() => {
+                log::error!("{reason}; stopping the command");
+                let _ = sys::signal_group(pgid, SIGTERM);
+                kill_at = Some(Instant::now() + kill_grace);
+                lost = Some(reason);
+            }
+            Some(Event::Lost(_)) => {}
+            Some(Event::Exited) | None => break,
+        }
+    }
+    if lost.is_some() {
+        // Whatever else of the group survived the leader must not outlive
+        // the lock either.
+        let _ = sys::signal_group(pgid, SIGKILL);
+    }
+    let status = child.wait().map_err(|e| {
+        Error::unavailable("cannot collect the command's exit status").with_source(e)
+    })?;
+    signals_handle.close();
+    let _ = forwarder.join();
+    let code = exit_code(status);
+    Ok(match lost {
+        Some(reason) => Outcome::Lost { reason, code },
+        None => Outcome::Exited(code),
+    })
+}
+
+fn spawn(guard: &Guard, program: &str, args: &[String]) -> Result<Child> {
+    let supervisor = std::process::id();
+    let inherited: Vec<RawFd> = guard
+        .inheritable_fds()
+        .iter()
+        .map(|fd| fd.as_raw_fd())
+        .collect();
+    let mut command = Command::new(program);
+    command.args(args).envs(guard.env()).process_group(0);
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe system calls (prctl, getppid, fcntl); it allocates
+    // nothing.
+    unsafe {
+        command.pre_exec(move || {
+            sys::die_with_parent(supervisor)?;
+            for &fd in &inherited {
+                let fd = BorrowedFd::borrow_raw(fd);
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            }
+            Ok(())
+        });
+    }
+    command.spawn().map_err(|err| spawn_error(program, err))
+}
+
+fn spawn_error(program: &str, err: io::Error) -> Error {
+    match err.kind() {
+        io::ErrorKind::NotFound => {
+            Error::command(127, format!("command not found: {program}")).with_source(err)
+        }
+        io::ErrorKind::PermissionDenied => {
+            Error::command(126, format!("command cannot be executed: {program}")).with_source(err)
+        }
+        _ => Error::command(126, format!("cannot start command {program}")).with_source(err),
+    }
+}
+
+/// Blocks until the child has exited, leaving it a zombie so that its pid
+/// stays reserved until the supervisor reaps it.
+fn wait_for_exit_without_reaping(pid: u32) {
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
+        return;
+    };
+    let options = rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOWAIT;
+    loop {
+        match rustix::process::waitid(rustix::process::WaitId::Pid(pid), options) {
+            Err(rustix::io::Errno::INTR) => continue,
+            _ => return,
+        }
+    }
+}
+
+/// The shell's convention: the exit code, or 128 + N for signal N.
+fn exit_code(status: std::process::ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(signal)) => (128 + signal) as u8,
+        (None, None) => 1,
+    }
+}
