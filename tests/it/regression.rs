@@ -1,0 +1,354 @@
+//! The incident's bugs, and the traps other tools fell into, each as a test
+//! named after the scenario it guards.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, symlink};
+use std::process::Command;
+use std::sync::mpsc;
+use std::thread;
+
+use crate::util::{EVENT_TIMEOUT, TestEnv, code, pid_alive, stderr};
+
+/// Incident bug 1: the holder's record (the old `.pid` file) was deleted or
+/// garbled, and a starter took that as "stale" and deleted the lock. Here
+/// the record is only information: a second start is still refused.
+#[test]
+fn garbled_record_while_held_still_refuses_second_start() {
+    let env = TestEnv::new();
+    let _holder = env.hold_sleeping("bot");
+    fs::write(env.lock_file("bot"), b"garbage, not a record").unwrap();
+
+    let second = env.run(&["run", "--name", "bot", "--", "true"]);
+    assert_eq!(code(second.status), 75, "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("an unknown holder"),
+        "{}",
+        stderr(&second)
+    );
+
+    fs::write(env.lock_file("bot"), b"").unwrap();
+    let third = env.run(&["run", "--name", "bot", "--", "true"]);
+    assert_eq!(code(third.status), 75, "{}", stderr(&third));
+}
+
+/// Incident bug 2: check-then-act let two starters through. Fifty starters
+/// at once: exactly one runs its command, the other 49 exit 75.
+#[test]
+fn fifty_simultaneous_starts_run_exactly_one() {
+    let env = TestEnv::new();
+    let ran = env.path("ran");
+    let fifo = env.path("release");
+    let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+    // The winner records that it ran, then blocks until the test opens the
+    // FIFO: it holds the lock until every loser has given up.
+    let script = format!(
+        "echo $$ >> {}; cat {} > /dev/null",
+        ran.display(),
+        fifo.display()
+    );
+    let (exits, exited) = mpsc::channel();
+    for _ in 0..50 {
+        let mut child = env
+            .onlyone(&["run", "--name", "race", "--", "sh", "-c", &script])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let exits = exits.clone();
+        thread::spawn(move || {
+            let status = child.wait().unwrap();
+            let _ = exits.send(code(status));
+        });
+    }
+    for _ in 0..49 {
+        let code = exited.recv_timeout(EVENT_TIMEOUT).expect("49 losers exit");
+        assert_eq!(code, 75);
+    }
+    assert_eq!(fs::read_to_string(&ran).unwrap().lines().count(), 1);
+    drop(fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+    assert_eq!(exited.recv_timeout(EVENT_TIMEOUT).unwrap(), 0);
+    assert_eq!(fs::read_to_string(&ran).unwrap().lines().count(), 1);
+}
+
+/// Incident bug 3: the pid file could not be written, which was only a
+/// warning, and the next starter thought the lock stale. Here an
+/// unwritable record weakens nothing: the kernel holds the lock.
+#[test]
+fn unwritable_record_still_refuses_second_start() {
+    let env = TestEnv::new();
+    fs::create_dir(env.lock_dir()).unwrap();
+    fs::write(env.lock_file("bot"), b"").unwrap();
+    // Immutable even for root: opening it for writing fails with EPERM.
+    let immutable = Command::new("chattr")
+        .arg("+i")
+        .arg(env.lock_file("bot"))
+        .status()
+        .unwrap();
+    assert!(immutable.success(), "chattr +i is needed for this test");
+    let lock_file = env.lock_file("bot");
+    let _undo = Defer(move || {
+        let _ = Command::new("chattr").arg("-i").arg(&lock_file).status();
+    });
+
+    let mut holder = env.hold(
+        "bot",
+        "echo \"token=${ONLYONE_TOKEN-none}\"; echo ready; exec sleep 1000",
+    );
+    let warning = holder.expect_stderr_containing("cannot write the holder record");
+    assert!(warning.contains("no fencing token is given"), "{warning}");
+
+    let second = env.run(&["run", "--name", "bot", "--", "true"]);
+    assert_eq!(code(second.status), 75, "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("an unknown holder"),
+        "{}",
+        stderr(&second)
+    );
+    holder.kill();
+}
+
+/// The incident's 15:00 cleanup script deleted the lock file while the bot
+/// ran. The holder keeps the lock (on Linux through its socket), a second
+/// start is refused, and the holder restores its file.
+#[test]
+fn lock_file_deleted_while_held_refuses_second_start_and_is_restored() {
+    let env = TestEnv::new();
+    let mut holder = env.hold_sleeping("bot");
+    let before = fs::read_to_string(env.lock_file("bot")).unwrap();
+    fs::remove_file(env.lock_file("bot")).unwrap();
+
+    let second = env.run(&["run", "--name", "bot", "--", "true"]);
+    assert_eq!(code(second.status), 75, "{}", stderr(&second));
+
+    holder.expect_stderr_containing("was deleted or replaced while held; restored it");
+    assert_eq!(fs::read_to_string(env.lock_file("bot")).unwrap(), before);
+    let third = env.run(&["run", "--name", "bot", "--", "true"]);
+    assert_eq!(code(third.status), 75, "{}", stderr(&third));
+    let flock = Command::new("flock")
+        .args(["-n", env.lock_file("bot").to_str().unwrap(), "true"])
+        .status()
+        .unwrap();
+    assert_eq!(flock.code(), Some(1), "the restored file is locked again");
+}
+
+/// The cleanup script removed the whole lock directory.
+#[test]
+fn lock_directory_removed_while_held_refuses_second_start_and_is_restored() {
+    let env = TestEnv::new();
+    let mut holder = env.hold_sleeping("bot");
+    fs::remove_dir_all(env.lock_dir()).unwrap();
+
+    let second = env.run(&["run", "--name", "bot", "--", "true"]);
+    assert_eq!(code(second.status), 75, "{}", stderr(&second));
+
+    holder.expect_stderr_containing("restored it");
+    assert!(env.lock_file("bot").exists());
+    let third = env.run(&["run", "--name", "bot", "--", "true"]);
+    assert_eq!(code(third.status), 75, "{}", stderr(&third));
+}
+
+/// The lock file replaced by a new file (mv over it) while held.
+#[test]
+fn lock_file_replaced_while_held_refuses_second_start() {
+    let env = TestEnv::new();
+    let mut holder = env.hold_sleeping("bot");
+    let other = env.lock_dir().join("other");
+    fs::write(&other, b"").unwrap();
+    fs::rename(&other, env.lock_file("bot")).unwrap();
+
+    let second = env.run(&["run", "--name", "bot", "--", "true"]);
+    assert_eq!(code(second.status), 75, "{}", stderr(&second));
+    holder.expect_stderr_containing("restored it");
+}
+
+/// A holder killed with SIGKILL leaves its file and record behind; the next
+/// start succeeds at once, with no cleanup and no stale-lock heuristic.
+#[test]
+fn holder_killed_with_sigkill_next_start_succeeds_at_once() {
+    let env = TestEnv::new();
+    let holder = env.hold_sleeping("bot");
+    holder.kill();
+
+    let next = env.run(&[
+        "run",
+        "--name",
+        "bot",
+        "--",
+        "sh",
+        "-c",
+        "echo $ONLYONE_TOKEN",
+    ]);
+    assert_eq!(code(next.status), 0, "{}", stderr(&next));
+    assert_eq!(String::from_utf8_lossy(&next.stdout), "2\n");
+}
+
+/// A record naming a live but unrelated process (a reused pid), with no
+/// lock held: the pid proves nothing, the start succeeds.
+#[test]
+fn record_naming_live_unrelated_process_does_not_block() {
+    let env = TestEnv::new();
+    let first = env.run(&["run", "--name", "bot", "--", "true"]);
+    assert_eq!(code(first.status), 0);
+    // Point the record at this test process, which is alive.
+    let record = fs::read_to_string(env.lock_file("bot")).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&record).unwrap();
+    value["pid"] = std::process::id().into();
+    fs::write(env.lock_file("bot"), value.to_string()).unwrap();
+
+    let next = env.run(&[
+        "run",
+        "--name",
+        "bot",
+        "--",
+        "sh",
+        "-c",
+        "echo $ONLYONE_TOKEN",
+    ]);
+    assert_eq!(code(next.status), 0, "{}", stderr(&next));
+    assert_eq!(String::from_utf8_lossy(&next.stdout), "2\n");
+}
+
+/// The incident's proposed fix opened the lock file with 'w', wiping the
+/// holder's pid on every failed attempt. A loser never touches the file.
+#[test]
+fn losing_starter_leaves_holder_record_intact() {
+    let env = TestEnv::new();
+    let _holder = env.hold_sleeping("bot");
+    let before = fs::read(env.lock_file("bot")).unwrap();
+    let modified = fs::metadata(env.lock_file("bot")).unwrap().mtime_nsec();
+    for _ in 0..5 {
+        let loser = env.run(&["run", "--name", "bot", "--", "true"]);
+        assert_eq!(code(loser.status), 75);
+    }
+    assert_eq!(fs::read(env.lock_file("bot")).unwrap(), before);
+    assert_eq!(
+        fs::metadata(env.lock_file("bot")).unwrap().mtime_nsec(),
+        modified
+    );
+}
+
+/// flock(1) on the same path sees onlyone's lock, and the other way round.
+#[test]
+fn flock_command_and_onlyone_exclude_each_other() {
+    let env = TestEnv::new();
+    let holder = env.hold_sleeping("bot");
+    let flock = Command::new("flock")
+        .args(["-n", env.lock_file("bot").to_str().unwrap(), "true"])
+        .status()
+        .unwrap();
+    assert_eq!(flock.code(), Some(1));
+    holder.kill();
+
+    let mut flock_holder = crate::util::Running::spawn(
+        Command::new("flock")
+            .args(["-n", env.lock_file("bot").to_str().unwrap()])
+            .args(["sh", "-c", "echo ready; exec sleep 1000"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
+    flock_holder.expect_stdout_line("ready");
+    let refused = env.run(&["run", "--name", "bot", "--", "true"]);
+    assert_eq!(code(refused.status), 75, "{}", stderr(&refused));
+    flock_holder.kill();
+}
+
+/// Python's fcntl.flock (what the incident's "Option A" used) sees it too.
+#[test]
+fn python_fcntl_flock_sees_the_lock() {
+    let env = TestEnv::new();
+    let _holder = env.hold_sleeping("bot");
+    let probe = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import fcntl,sys\nf=open(sys.argv[1],'r+')\ntry:\n fcntl.flock(f,fcntl.LOCK_EX|fcntl.LOCK_NB)\n print('acquired')\nexcept BlockingIOError:\n print('held')",
+        )
+        .arg(env.lock_file("bot"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&probe.stdout), "held\n");
+}
+
+/// A symlink planted where the lock file goes is refused, not followed.
+#[test]
+fn symlinked_lock_file_is_refused() {
+    let env = TestEnv::new();
+    fs::create_dir(env.lock_dir()).unwrap();
+    let target = env.path("elsewhere");
+    fs::write(&target, b"precious").unwrap();
+    symlink(&target, env.lock_file("bot")).unwrap();
+
+    let refused = env.run(&["run", "--name", "bot", "--", "true"]);
+    assert_eq!(code(refused.status), 77, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("symlink"), "{}", stderr(&refused));
+    assert_eq!(fs::read(&target).unwrap(), b"precious");
+}
+
+/// A symlink where the lock directory goes is refused.
+#[test]
+fn symlinked_lock_directory_is_refused() {
+    let env = TestEnv::new();
+    fs::create_dir(env.path("real")).unwrap();
+    symlink(env.path("real"), env.lock_dir()).unwrap();
+
+    let refused = env.run(&["run", "--name", "bot", "--", "true"]);
+    assert_eq!(code(refused.status), 77, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("symlink"), "{}", stderr(&refused));
+}
+
+/// A lock directory owned by another user is refused.
+#[test]
+fn lock_directory_owned_by_another_user_is_refused() {
+    let env = TestEnv::new();
+    fs::create_dir(env.lock_dir()).unwrap();
+    std::os::unix::fs::chown(env.lock_dir(), Some(65534), Some(65534)).unwrap();
+
+    let refused = env.run(&["run", "--name", "bot", "--", "true"]);
+    assert_eq!(code(refused.status), 77, "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("owned by another user (uid 65534)"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+/// The supervisor killed with SIGKILL while its command runs: the kernel
+/// kills the command, and a descendant that survives keeps the inherited
+/// lock, so no second instance can start while any of them runs.
+#[test]
+fn supervisor_killed_with_sigkill_allows_no_second_instance() {
+    let env = TestEnv::new();
+    let pids = env.path("pids");
+    let script = format!(
+        "sleep 1000 & echo $$ $! > {}; echo ready; wait",
+        pids.display()
+    );
+    let holder = env.hold("bot", &script);
+    let supervisor = holder.pid();
+    let recorded = fs::read_to_string(&pids).unwrap();
+    let mut recorded = recorded
+        .split_whitespace()
+        .map(|p| p.parse::<u32>().unwrap());
+    let (command, grandchild) = (recorded.next().unwrap(), recorded.next().unwrap());
+    holder.kill();
+    assert!(!pid_alive(supervisor));
+
+    let second = env.run(&["run", "--name", "bot", "--", "true"]);
+    assert_eq!(code(second.status), 75, "{}", stderr(&second));
+    assert!(!pid_alive(command), "the command died with its supervisor");
+    assert!(pid_alive(grandchild));
+
+    // The lock is free once the kernel has closed the grandchild's
+    // descriptors: wait for that in the kernel, not with a sleep.
+    crate::util::signal_pid(grandchild, libc::SIGKILL);
+    let third = env.run(&["run", "--name", "bot", "--timeout", "20s", "--", "true"]);
+    assert_eq!(code(third.status), 0, "{}", stderr(&third));
+}
+
+/// Runs a closure when dropped (undo a change even when a test fails).
+struct Defer<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Defer<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}

@@ -1,0 +1,253 @@
+//! `onlyone run`: exit codes, signals, waiting, the command's environment.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Instant;
+
+use crate::util::{TestEnv, code, stderr};
+
+#[test]
+fn exit_status_is_passed_through() {
+    let env = TestEnv::new();
+    let out = env.run(&["run", "--name", "x", "--", "sh", "-c", "exit 42"]);
+    assert_eq!(code(out.status), 42);
+    let out = env.run(&["run", "--name", "x", "--", "true"]);
+    assert_eq!(code(out.status), 0);
+}
+
+#[test]
+fn command_killed_by_signal_gives_128_plus_signal() {
+    let env = TestEnv::new();
+    let out = env.run(&["run", "--name", "x", "--", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(code(out.status), 137);
+}
+
+#[test]
+fn command_not_found_gives_127() {
+    let env = TestEnv::new();
+    let out = env.run(&["run", "--name", "x", "--", "no-such-command-onlyone"]);
+    assert_eq!(code(out.status), 127);
+    assert_eq!(
+        stderr(&out),
+        "onlyone: error: command not found: no-such-command-onlyone: No such file or directory (os error 2)\n"
+    );
+}
+
+#[test]
+fn command_not_executable_gives_126() {
+    let env = TestEnv::new();
+    let script = env.path("script");
+    fs::write(&script, "#!/bin/sh\ntrue\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env.run(&["run", "--name", "x", "--", script.to_str().unwrap()]);
+    assert_eq!(code(out.status), 126, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("command cannot be executed"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn missing_command_is_a_usage_error() {
+    let env = TestEnv::new();
+    let out = env.run(&["run", "--name", "x"]);
+    assert_eq!(code(out.status), 64, "{}", stderr(&out));
+}
+
+#[test]
+fn conflict_prints_one_line_naming_the_holder() {
+    let env = TestEnv::new();
+    let holder = env.hold_sleeping("bot");
+    let out = env.run(&["run", "--name", "bot", "--", "true"]);
+    assert_eq!(code(out.status), 75);
+    let message = stderr(&out);
+    assert_eq!(message.lines().count(), 1, "{message}");
+    let expected = format!(
+        "onlyone: lock 'bot' is held by pid {} on {} since ",
+        holder.pid(),
+        hostname()
+    );
+    assert!(message.starts_with(&expected), "{message}");
+    assert!(
+        message.contains(" ago): sh -c 'echo ready; exec sleep 1000'"),
+        "{message}"
+    );
+}
+
+#[test]
+fn conflict_exit_code_overrides_75_and_quiet_silences() {
+    let env = TestEnv::new();
+    let _holder = env.hold_sleeping("bot");
+    let out = env.run(&[
+        "run",
+        "--name",
+        "bot",
+        "--conflict-exit-code",
+        "0",
+        "--quiet",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(out.status), 0);
+    assert_eq!(stderr(&out), "");
+}
+
+#[test]
+fn command_sees_name_token_and_lock_file() {
+    let env = TestEnv::new();
+    let script = "echo \"$ONLYONE_NAME $ONLYONE_TOKEN $ONLYONE_LOCK_FILE\"";
+    for token in 1..=3 {
+        let out = env.run(&["run", "--name", "job", "--", "sh", "-c", script]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("job {token} {}\n", env.lock_file("job").display())
+        );
+    }
+}
+
+#[test]
+fn command_runs_in_its_own_process_group() {
+    let env = TestEnv::new();
+    let out = env.run(&[
+        "run",
+        "--name",
+        "x",
+        "--",
+        "sh",
+        "-c",
+        "ps -o pgid= -p $$; echo $$",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines().map(|l| l.trim().to_owned());
+    assert_eq!(lines.next(), lines.next(), "pgid equals the command's pid");
+}
+
+#[test]
+fn forwarded_signals_reach_the_command() {
+    for (signal, name) in [
+        (libc::SIGTERM, "TERM"),
+        (libc::SIGINT, "INT"),
+        (libc::SIGHUP, "HUP"),
+        (libc::SIGQUIT, "QUIT"),
+    ] {
+        let env = TestEnv::new();
+        let script = format!(
+            "trap 'echo got {name}; exit 7' {name}; echo ready; while :; do sleep 0.01; done"
+        );
+        let mut holder = env.hold("x", &script);
+        holder.signal(signal);
+        holder.expect_stdout_line(&format!("got {name}"));
+        let (status, _, _) = holder.finish();
+        assert_eq!(code(status), 7, "{name}");
+    }
+}
+
+#[test]
+fn sigterm_kills_a_command_that_does_not_handle_it_and_gives_143() {
+    let env = TestEnv::new();
+    let holder = env.hold_sleeping("x");
+    holder.signal(libc::SIGTERM);
+    let (status, _, _) = holder.finish();
+    assert_eq!(code(status), 143);
+}
+
+#[test]
+fn wait_takes_the_lock_when_the_holder_exits() {
+    let env = TestEnv::new();
+    let holder = env.hold("bot", "echo ready; read line");
+    let mut waiter = env.start(&[
+        "run", "--name", "bot", "--wait", "--", "sh", "-c", "echo ran",
+    ]);
+    waiter.expect_stderr_containing(&format!(
+        "onlyone: waiting for lock 'bot' held by pid {}",
+        holder.pid()
+    ));
+    holder.kill();
+    waiter.expect_stdout_line("ran");
+    let (status, _, _) = waiter.finish();
+    assert_eq!(code(status), 0);
+}
+
+#[test]
+fn timeout_gives_up_with_75() {
+    let env = TestEnv::new();
+    let _holder = env.hold_sleeping("bot");
+    let started = Instant::now();
+    let out = env.run(&["run", "--name", "bot", "--timeout", "300ms", "--", "true"]);
+    assert_eq!(code(out.status), 75);
+    assert!(started.elapsed().as_millis() >= 300);
+    assert!(
+        stderr(&out).contains("onlyone: gave up after 300ms: lock 'bot' is held by pid"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_durations_and_codes_are_usage_errors() {
+    let env = TestEnv::new();
+    for args in [
+        &["run", "--name", "x", "--timeout", "abc", "--", "true"][..],
+        &["run", "--name", "x", "--timeout", "-5s", "--", "true"],
+        &[
+            "run",
+            "--name",
+            "x",
+            "--conflict-exit-code",
+            "300",
+            "--",
+            "true",
+        ],
+        &[
+            "run",
+            "--name",
+            "x",
+            "--wait",
+            "--timeout",
+            "1s",
+            "--",
+            "true",
+        ],
+    ] {
+        let out = env.run(args);
+        assert_eq!(code(out.status), 64, "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn huge_timeout_waits_like_wait() {
+    let env = TestEnv::new();
+    let out = env.run(&[
+        "run",
+        "--name",
+        "x",
+        "--timeout",
+        "500000000years",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(out.status), 0, "{}", stderr(&out));
+}
+
+#[test]
+fn invalid_names_are_usage_errors_that_state_the_rule() {
+    let env = TestEnv::new();
+    for name in ["", ".hidden", "a/b", "..", "a b", "é", &"n".repeat(129)] {
+        let out = env.run(&["run", "--name", name, "--", "true"]);
+        assert_eq!(code(out.status), 64, "{name:?}");
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "onlyone: error: invalid lock name {name:?}: a name is 1-128 characters of A-Z a-z 0-9 . _ -, not starting with '.'\n"
+            )
+        );
+    }
+}
+
+pub fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned()
+}

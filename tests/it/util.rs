@@ -1,0 +1,253 @@
+//! The test harness: a temporary directory per test, the `onlyone` binary,
+//! and helpers that start real processes and wait for what they print
+//! instead of sleeping.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+/// The longest any single event in a test may take before the test fails.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A temporary directory with a lock directory inside.
+pub struct TestEnv {
+    root: tempfile::TempDir,
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        TestEnv {
+            root: tempfile::Builder::new()
+                .prefix("onlyone-test-")
+                .tempdir()
+                .expect("create a temp dir"),
+        }
+    }
+
+    /// The directory of the test's lock files (`--dir`).
+    pub fn lock_dir(&self) -> PathBuf {
+        self.root.path().join("locks")
+    }
+
+    /// The lock file of `name`.
+    pub fn lock_file(&self, name: &str) -> PathBuf {
+        self.lock_dir().join(format!("{name}.lock"))
+    }
+
+    /// A path inside the test's directory, outside the lock directory.
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.root.path().join(relative)
+    }
+
+    /// `onlyone ARGS` with the test's lock directory.
+    pub fn onlyone(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_onlyone"));
+        command
+            .args(args)
+            .env("ONLYONE_DIR", self.lock_dir())
+            .env_remove("XDG_RUNTIME_DIR")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `onlyone ARGS` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.onlyone(args).output().expect("run onlyone")
+    }
+
+    /// Starts `onlyone run --name NAME -- sh -c SCRIPT` where the script
+    /// prints `ready` once it runs under the lock, and waits for that line.
+    pub fn hold(&self, name: &str, script: &str) -> Running {
+        let mut running = self.start(&["run", "--name", name, "--", "sh", "-c", script]);
+        running.expect_stdout_line("ready");
+        running
+    }
+
+    /// Holds `name` with a command that prints `ready` and then sleeps.
+    pub fn hold_sleeping(&self, name: &str) -> Running {
+        self.hold(name, "echo ready; exec sleep 1000")
+    }
+
+    /// Starts `onlyone ARGS` with stdout and stderr piped.
+    pub fn start(&self, args: &[&str]) -> Running {
+        Running::spawn(
+            self.onlyone(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+    }
+}
+
+/// A process started by a test, with its output read line by line.
+pub struct Running {
+    pub child: Child,
+    stdout: LineReader,
+    stderr: LineReader,
+}
+
+impl Running {
+    pub fn spawn(command: &mut Command) -> Running {
+        let mut child = command.spawn().expect("spawn");
+        let stdout = LineReader::new(child.stdout.take().expect("piped stdout"));
+        let stderr = LineReader::new(child.stderr.take().expect("piped stderr"));
+        Running {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a stdout line equal to `expected`; fails on EOF or timeout.
+    pub fn expect_stdout_line(&mut self, expected: &str) {
+        self.stdout.expect_line(|line| line == expected, expected);
+    }
+
+    /// Waits for a stderr line containing `fragment`; returns the line.
+    pub fn expect_stderr_containing(&mut self, fragment: &str) -> String {
+        self.stderr
+            .expect_line(|line| line.contains(fragment), fragment)
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: i32) {
+        signal_pid(self.pid(), signal);
+    }
+
+    /// Waits for the process to exit, then returns its status and the rest
+    /// of its output.
+    pub fn finish(mut self) -> (ExitStatus, String, String) {
+        let status = wait_with_timeout(&mut self.child);
+        (status, self.stdout.rest(), self.stderr.rest())
+    }
+
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Lines from a pipe, read by a thread so that waits can time out.
+struct LineReader {
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl LineReader {
+    fn new(pipe: impl Read + Send + 'static) -> LineReader {
+        let (sender, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        LineReader {
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn expect_line(&mut self, matches: impl Fn(&str) -> bool, what: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(EVENT_TIMEOUT) {
+                Ok(line) if matches(&line) => return line,
+                Ok(line) => self.seen.push(line),
+                Err(err) => panic!(
+                    "no line matching {what:?} ({err}); lines so far: {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Every line not yet consumed, until the pipe closes.
+    fn rest(&mut self) -> String {
+        let mut text = String::new();
+        for line in self.seen.drain(..) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        while let Ok(line) = self.lines.recv_timeout(EVENT_TIMEOUT) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    }
+}
+
+/// Waits for a child, failing the test if it takes longer than
+/// [`EVENT_TIMEOUT`].
+pub fn wait_with_timeout(child: &mut Child) -> ExitStatus {
+    let pid = child.id();
+    let (done, waited) = mpsc::channel::<()>();
+    let watchdog = thread::spawn(move || {
+        if waited.recv_timeout(EVENT_TIMEOUT).is_err() {
+            // Still running: kill it so the test fails instead of hanging.
+            signal_pid(pid, libc::SIGKILL);
+            return true;
+        }
+        false
+    });
+    let status = child.wait().expect("wait for child");
+    let _ = done.send(());
+    let timed_out = watchdog.join().unwrap_or(false);
+    assert!(
+        !timed_out,
+        "process {pid} did not exit within {EVENT_TIMEOUT:?}"
+    );
+    status
+}
+
+/// Sends `signal` to `pid`.
+pub fn signal_pid(pid: u32, signal: i32) {
+    // SAFETY: kill(2) has no memory effects.
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
+
+/// The exit code a shell would report: the code, or 128 + signal.
+pub fn code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// The text of a process's stderr.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// True when a process with this pid exists (zombies included).
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| {
+                stat.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true)
+}
