@@ -67,7 +67,10 @@ pub fn run(guard: &Guard, command: &[String], kill_grace: Duration) -> Result<Ou
         .map_err(|e| Error::unavailable("cannot install signal handlers").with_source(e))?;
     let signals_handle = signals.handle();
 
-    let mut child = spawn(guard, program, args)?;
+    let interactive = sys::owns_terminal();
+    // An interactive command gets the terminal: it can read it, and Ctrl-C
+    // reaches its group directly.
+    let mut child = spawn(guard, program, args, interactive)?;
     let pgid = child.id();
     let (events, receive) = mpsc::channel();
 
@@ -131,6 +134,9 @@ pub fn run(guard: &Guard, command: &[String], kill_grace: Duration) -> Result<Ou
     let status = child.wait().map_err(|e| {
         Error::unavailable("cannot collect the command's exit status").with_source(e)
     })?;
+    if interactive {
+        let _ = sys::hand_terminal_to(sys::own_process_group());
+    }
     signals_handle.close();
     let _ = forwarder.join();
     let code = exit_code(status);
@@ -140,7 +146,7 @@ pub fn run(guard: &Guard, command: &[String], kill_grace: Duration) -> Result<Ou
     })
 }
 
-fn spawn(guard: &Guard, program: &str, args: &[String]) -> Result<Child> {
+fn spawn(guard: &Guard, program: &str, args: &[String], interactive: bool) -> Result<Child> {
     let supervisor = std::process::id();
     let inherited: Vec<RawFd> = guard
         .inheritable_fds()
@@ -150,11 +156,14 @@ fn spawn(guard: &Guard, program: &str, args: &[String]) -> Result<Child> {
     let mut command = Command::new(program);
     command.args(args).envs(guard.env()).process_group(0);
     // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe system calls (prctl, getppid, fcntl); it allocates
-    // nothing.
+    // async-signal-safe system calls (prctl, getppid, fcntl, tcsetpgrp,
+    // sigprocmask); it allocates nothing.
     unsafe {
         command.pre_exec(move || {
             sys::die_with_parent(supervisor)?;
+            if interactive {
+                sys::hand_terminal_to(std::process::id())?;
+            }
             for &fd in &inherited {
                 let fd = BorrowedFd::borrow_raw(fd);
                 rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;

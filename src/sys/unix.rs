@@ -71,3 +71,35 @@ pub fn in_group(gid: u32) -> bool {
             .map(|groups| groups.iter().any(|g| g.as_raw() == gid))
             .unwrap_or(false)
 }
+
+/// True when standard input is a terminal whose foreground process group is
+/// ours: an interactive run, where the command should get the terminal.
+pub fn owns_terminal() -> bool {
+    let stdin = rustix::stdio::stdin();
+    rustix::termios::isatty(stdin)
+        && rustix::termios::tcgetpgrp(stdin).ok() == Some(rustix::process::getpgrp())
+}
+
+/// Makes `pgid` the foreground process group of the terminal on standard
+/// input. SIGTTOU is blocked meanwhile, because a background group asking
+/// for the terminal would otherwise be stopped. Async-signal-safe: it may
+/// run between fork and exec.
+pub fn hand_terminal_to(pgid: u32) -> io::Result<()> {
+    let pgid = Pid::from_raw(pgid as i32).ok_or_else(|| io::Error::other("process group 0"))?;
+    // SAFETY: plain signal-mask calls on stack-allocated sets.
+    unsafe {
+        let mut block: libc::sigset_t = std::mem::zeroed();
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut block);
+        libc::sigaddset(&mut block, libc::SIGTTOU);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut previous);
+        let result = rustix::termios::tcsetpgrp(rustix::stdio::stdin(), pgid);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
+        result.map_err(io::Error::from)
+    }
+}
+
+/// This process's group id.
+pub fn own_process_group() -> u32 {
+    rustix::process::getpgrp().as_raw_nonzero().get() as u32
+}
