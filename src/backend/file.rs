@@ -113,13 +113,19 @@ impl FileBackend {
             Ok(fd) => (fd, true),
             // A read-only file or filesystem still locks: the record just
             // cannot be written.
-            Err(rustix::io::Errno::ACCESS | rustix::io::Errno::ROFS | rustix::io::Errno::PERM) => {
+            Err(
+                first @ (rustix::io::Errno::ACCESS
+                | rustix::io::Errno::ROFS
+                | rustix::io::Errno::PERM),
+            ) => {
                 let fd = rustix::fs::open(
                     path,
                     OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     mode,
                 )
-                .map_err(|e| open_error(path, e))?;
+                // A file that does not exist and cannot be created: the
+                // first error says why.
+                .map_err(|_| open_error(path, first))?;
                 (fd, false)
             }
             Err(e) => return Err(open_error(path, e)),

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod bad_input;
 mod library;
 mod regression;
 mod run;
