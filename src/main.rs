@@ -15,7 +15,8 @@ fn main() -> ExitCode {
             return ExitCode::from(if err.use_stderr() { cli::EXIT_USAGE } else { 0 });
         }
     };
-    logger::init();
+    let (level, format) = cli.log_settings();
+    logger::init(level, format);
     match cli::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

@@ -498,6 +498,60 @@ impl Backend for FileBackend {
         names.sort();
         names.iter().map(|name| self.status(name)).collect()
     }
+
+    fn stop_holder(&self, name: &LockName, signal: i32) -> Result<bool> {
+        let status = self.status(name)?;
+        if !status.held {
+            return Ok(false);
+        }
+        let holder = status.holder.unwrap_or_default();
+        // Only a process that the kernel names as the holder, whose record
+        // matches it down to its start time, is signalled: never a pid
+        // from a stale record, never a process found by its name.
+        let verified = holder.record.as_ref().filter(|record| {
+            holder.pids.contains(&record.pid) && record.process_is_running_here() == Some(true)
+        });
+        let Some(record) = verified else {
+            return Err(Error::unsafe_(format!(
+                "cannot identify the holder of lock '{name}' safely ({holder}); stop it by hand"
+            )));
+        };
+        if signal == libc::SIGKILL {
+            // A killed supervisor cannot pass the signal on: kill its
+            // command's process group first.
+            for child in sys::children_of(record.pid) {
+                if sys::process_group_of(child) == Some(child) {
+                    let _ = sys::signal_group(child, signal);
+                }
+            }
+        }
+        sys::signal_process(record.pid, signal).map_err(|e| {
+            Error::unavailable(format!("cannot signal pid {}", record.pid)).with_source(e)
+        })?;
+        Ok(true)
+    }
+
+    fn wait_free(&self, name: &LockName, timeout: Option<Duration>) -> Result<bool> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let watch = sys::DirWatch::new(&self.dir);
+        loop {
+            if !self.status(name)?.held {
+                return Ok(true);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Ok(false);
+            }
+            // A release closes the lock file, which wakes the watch at once;
+            // the periodic re-check only covers a holder that unlocks
+            // without closing (flock -u) or a deleted directory.
+            let nap = left.unwrap_or(Duration::MAX).min(Duration::from_secs(1));
+            match &watch {
+                Some(watch) => watch.wait(nap),
+                None => thread::sleep(nap.min(Duration::from_millis(50))),
+            }
+        }
+    }
 }
 
 /// A lock held through the file backend. Fields drop in order: the

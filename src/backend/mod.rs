@@ -56,6 +56,43 @@ pub trait Backend: Send + Sync + fmt::Debug {
     ///
     /// The backend cannot be used.
     fn list(&self) -> Result<Vec<Status>>;
+
+    /// Asks the current holder of `name` to stop, identifying it exactly
+    /// (never by matching names or command lines): `signal` goes to the
+    /// holder's verified process, or the backend ends the holder's session.
+    /// Returns false when the lock was free.
+    ///
+    /// # Errors
+    ///
+    /// The holder cannot be identified safely, or the backend cannot be
+    /// used.
+    fn stop_holder(&self, name: &LockName, signal: i32) -> Result<bool> {
+        let _ = (name, signal);
+        Err(crate::Error::unavailable(
+            "this backend cannot stop a lock's holder",
+        ))
+    }
+
+    /// Waits until `name` is free without taking it; false when `timeout`
+    /// passed first. This default re-checks [`Backend::status`] every 50 ms;
+    /// backends with an event to wait for override it.
+    ///
+    /// # Errors
+    ///
+    /// The backend cannot be used.
+    fn wait_free(&self, name: &LockName, timeout: Option<Duration>) -> Result<bool> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            if !self.status(name)?.held {
+                return Ok(true);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Ok(false);
+            }
+            std::thread::sleep(left.unwrap_or(Duration::MAX).min(Duration::from_millis(50)));
+        }
+    }
 }
 
 /// A lock held by a backend. [`Guard`] wraps it; implement this to add a

@@ -170,6 +170,60 @@ pub fn refuse_network_fs(dir: &std::path::Path) -> crate::Result<()> {
     .with_path(dir))
 }
 
+/// Wakes up when files in a directory are closed, deleted or renamed
+/// (inotify): how a waiter learns that a lock may have been released
+/// without taking it.
+#[derive(Debug)]
+pub struct DirWatch(OwnedFd);
+
+impl DirWatch {
+    /// Watches `dir`; `None` when inotify is not available.
+    pub fn new(dir: &std::path::Path) -> Option<DirWatch> {
+        use rustix::fs::inotify;
+        let fd =
+            inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK).ok()?;
+        let events = inotify::WatchFlags::CLOSE_WRITE
+            | inotify::WatchFlags::CLOSE_NOWRITE
+            | inotify::WatchFlags::DELETE
+            | inotify::WatchFlags::MOVED_FROM
+            | inotify::WatchFlags::MOVED_TO
+            | inotify::WatchFlags::DELETE_SELF;
+        inotify::add_watch(&fd, dir, events).ok()?;
+        Some(DirWatch(fd))
+    }
+
+    /// Waits for the next event or `timeout`, then discards what arrived.
+    pub fn wait(&self, timeout: std::time::Duration) {
+        let mut poll = [rustix::event::PollFd::new(
+            &self.0,
+            rustix::event::PollFlags::IN,
+        )];
+        let timeout = rustix::time::Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        let _ = rustix::event::poll(&mut poll, Some(&timeout));
+        let mut buf = [0u8; 4096];
+        while matches!(rustix::io::read(&self.0, &mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+/// The pids of the children of `pid` (from `/proc/PID/task/*/children`).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| fs::read_to_string(task.ok()?.path().join("children")).ok())
+        .flat_map(|children| {
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

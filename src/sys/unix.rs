@@ -103,3 +103,20 @@ pub fn hand_terminal_to(pgid: u32) -> io::Result<()> {
 pub fn own_process_group() -> u32 {
     rustix::process::getpgrp().as_raw_nonzero().get() as u32
 }
+
+/// Sends `signal` to the process `pid`.
+pub fn signal_process(pid: u32, signal: i32) -> io::Result<()> {
+    let pid = Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("pid 0"))?;
+    // SAFETY: as in signal_group.
+    let signal = unsafe { Signal::from_raw_unchecked(signal) };
+    rustix::process::kill_process(pid, signal)?;
+    Ok(())
+}
+
+/// The process group of `pid`, if it exists.
+pub fn process_group_of(pid: u32) -> Option<u32> {
+    let pid = Pid::from_raw(pid as i32)?;
+    rustix::process::getpgid(Some(pid))
+        .ok()
+        .map(|pgid| pgid.as_raw_nonzero().get() as u32)
+}

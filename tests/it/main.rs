@@ -5,6 +5,7 @@ mod util;
 
 mod bad_input;
 mod library;
+mod operate;
 mod properties;
 mod regression;
 mod run;

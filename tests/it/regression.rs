@@ -249,7 +249,7 @@ fn flock_command_and_onlyone_exclude_each_other() {
     flock_holder.expect_stdout_line("ready");
     let refused = env.run(&["run", "--name", "bot", "--", "true"]);
     assert_eq!(code(refused.status), 75, "{}", stderr(&refused));
-    flock_holder.kill();
+    flock_holder.kill_tree();
 }
 
 /// Python's fcntl.flock (what the incident's "Option A" used) sees it too.

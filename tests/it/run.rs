@@ -155,7 +155,7 @@ fn sigterm_kills_a_command_that_does_not_handle_it_and_gives_143() {
 #[test]
 fn wait_takes_the_lock_when_the_holder_exits() {
     let env = TestEnv::new();
-    let holder = env.hold("bot", "echo ready; read line");
+    let holder = env.hold_sleeping("bot");
     let mut waiter = env.start(&[
         "run", "--name", "bot", "--wait", "--", "sh", "-c", "echo ran",
     ]);
