@@ -135,8 +135,13 @@ struct RunArgs {
 
     /// Stop the current holder (SIGTERM to its command, SIGKILL after
     /// --kill-grace), then take the lock and run
-    #[arg(long)]
+    #[arg(long, conflicts_with = "max")]
     replace: bool,
+
+    /// Allow at most N instances at once (a semaphore): each takes one of N
+    /// slots and gets ONLYONE_SLOT and its own token
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10000))]
+    max: Option<u32>,
 
     /// Keep the command running: restart it when it fails (on-failure) or
     /// whenever it exits (always), holding the lock throughout
@@ -280,7 +285,10 @@ const STABLE_RUN: Duration = Duration::from_secs(60);
 fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<u8> {
     let name = LockName::new(&args.name)?;
     let backend = backend(&args.backend);
-    let lock = Lock::with_backend(name.clone(), backend.clone()).command(args.command.clone());
+    let mut lock = Lock::with_backend(name.clone(), backend.clone()).command(args.command.clone());
+    if let Some(max) = args.max {
+        lock = lock.max(max)?;
+    }
     let Some(guard) = take_lock(&lock, backend.as_ref(), &args, quiet)? else {
         return Ok(args.conflict_exit_code.unwrap_or(EXIT_CONFLICT));
     };
@@ -312,7 +320,12 @@ fn take_lock(
     }
     if !args.wait && args.timeout.is_none() {
         if !quiet {
-            eprintln!("onlyone: lock '{name}' is held by {holder}");
+            match args.max {
+                Some(max) => eprintln!(
+                    "onlyone: all {max} slots of lock '{name}' are held; slot 1 by {holder}"
+                ),
+                None => eprintln!("onlyone: lock '{name}' is held by {holder}"),
+            }
         }
         return Ok(None);
     }
@@ -492,13 +505,31 @@ fn status(args: StatusArgs) -> anyhow::Result<u8> {
         }
         return Ok(0);
     };
-    let status = backend.status(&LockName::new(name)?)?;
+    let name = LockName::new(name)?;
+    let status = backend.status(&name)?;
+    // The slots of `run --max` belong to the name too.
+    let slots: Vec<Status> = backend
+        .list()?
+        .into_iter()
+        .filter(|slot| {
+            LockName::from_stored(&slot.name)
+                .is_some_and(|slot| slot.slot_number().is_some() && slot.base() == name.as_str())
+        })
+        .collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        let mut value = serde_json::to_value(&status)?;
+        if !slots.is_empty() {
+            value["slots"] = serde_json::to_value(&slots)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         println!("{}", status_line(&status));
+        for slot in &slots {
+            println!("{}", status_line(slot));
+        }
     }
-    Ok(if status.held { 0 } else { EXIT_FREE })
+    let held = status.held || slots.iter().any(|slot| slot.held);
+    Ok(if held { 0 } else { EXIT_FREE })
 }
 
 fn status_line(status: &Status) -> String {

@@ -492,11 +492,46 @@ impl Backend for FileBackend {
             .filter_map(|entry| {
                 let file_name = entry.ok()?.file_name();
                 let stem = file_name.to_str()?.strip_suffix(".lock")?;
-                LockName::new(stem).ok()
+                LockName::from_stored(stem)
             })
             .collect();
         names.sort();
         names.iter().map(|name| self.status(name)).collect()
+    }
+
+    fn acquire_any(
+        &self,
+        names: &[LockName],
+        command: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<Attempt> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            // Watch before trying, so that a release between a failed try
+            // and the wait still wakes us.
+            let watch = self
+                .prepare_dir()
+                .ok()
+                .and_then(|_| sys::DirWatch::new(&self.dir));
+            let mut first_holder = None;
+            for name in names {
+                match self.try_acquire(name, command)? {
+                    Attempt::Acquired(guard) => return Ok(Attempt::Acquired(guard)),
+                    Attempt::Held(holder) => {
+                        first_holder.get_or_insert(holder);
+                    }
+                }
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Ok(Attempt::Held(first_holder.unwrap_or_default()));
+            }
+            let nap = left.unwrap_or(Duration::MAX).min(Duration::from_secs(1));
+            match &watch {
+                Some(watch) => watch.wait(nap),
+                None => thread::sleep(nap.min(Duration::from_millis(50))),
+            }
+        }
     }
 
     fn stop_holder(&self, name: &LockName, signal: i32) -> Result<bool> {
