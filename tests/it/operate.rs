@@ -362,3 +362,47 @@ fn max_waiter_takes_the_first_slot_freed() {
     let (status, _, _) = waiter.finish();
     assert_eq!(code(status), 0);
 }
+
+/// The systemd recipe is a valid unit (systemd-analyze verify), once its
+/// ExecStart points at this build.
+#[test]
+fn systemd_recipe_is_a_valid_unit() {
+    let env = TestEnv::new();
+    let recipe = include_str!("../../docs/recipes/report.service");
+    let unit = recipe
+        .replace("/usr/local/bin/onlyone", env!("CARGO_BIN_EXE_onlyone"))
+        .replace("/usr/local/bin/report", "/bin/true");
+    let path = env.path("report.service");
+    fs::write(&path, unit).unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is needed for this test");
+    let text = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success(), "{text}");
+    assert!(!text.contains("report.service:"), "{text}");
+}
+
+/// The cron recipe's line, run twice while the first still runs: the
+/// second exits 0 and prints nothing.
+#[test]
+fn cron_recipe_exits_0_quietly_when_already_running() {
+    let env = TestEnv::new();
+    let recipe = include_str!("../../docs/recipes/crontab");
+    let line = recipe.lines().find(|line| line.starts_with("*/5")).unwrap();
+    let command = line
+        .splitn(6, ' ')
+        .nth(5)
+        .unwrap()
+        .replace("/usr/local/bin/onlyone", env!("CARGO_BIN_EXE_onlyone"));
+    let _holder = env.hold_sleeping("sync");
+    let out = Command::new("sh")
+        .args(["-c", &command])
+        .env("ONLYONE_DIR", env.lock_dir())
+        .output()
+        .unwrap();
+    assert_eq!(code(out.status), 0);
+    assert_eq!(stderr(&out), "");
+    assert!(out.stdout.is_empty());
+}
