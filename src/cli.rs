@@ -108,6 +108,48 @@ struct BackendArgs {
     /// /tmp/onlyone-<uid>]
     #[arg(long, env = "ONLYONE_DIR", value_name = "DIR")]
     dir: Option<PathBuf>,
+
+    /// Lock across machines with a PostgreSQL advisory lock: a URL
+    /// (postgres://user@host:5432/db) or a key=value connection string;
+    /// PG* variables fill in the rest. Keep the password out of it (use
+    /// PGPASSWORD or ~/.pgpass): a command line is visible to every user
+    #[cfg(feature = "postgres")]
+    #[arg(
+        long,
+        env = "ONLYONE_POSTGRES_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    postgres: Option<String>,
+
+    /// The advisory-lock key, instead of the one derived from the name (to
+    /// share a lock with another application)
+    #[cfg(feature = "postgres")]
+    #[arg(
+        long,
+        value_name = "I64",
+        requires = "postgres",
+        allow_negative_numbers = true
+    )]
+    key: Option<i64>,
+
+    /// The state table of fencing tokens and holders [default: onlyone_locks]
+    #[cfg(feature = "postgres")]
+    #[arg(long, value_name = "TABLE", requires = "postgres")]
+    table: Option<String>,
+
+    /// How often a PostgreSQL holder checks with the server that it still
+    /// holds the lock
+    #[cfg(feature = "postgres")]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    heartbeat: Duration,
+
+    /// After the previous holder was lost uncleanly, wait this long before
+    /// starting the command [default: more than the heartbeat deadline plus
+    /// the kill grace]
+    #[cfg(feature = "postgres")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    lock_delay: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -270,11 +312,28 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-fn backend(args: &BackendArgs) -> Arc<dyn Backend> {
-    match &args.dir {
+/// The kill grace of `run` when a command has none (status, stop, wait).
+const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// The backend the flags choose: PostgreSQL with `--postgres`, else files.
+fn backend(args: &BackendArgs, kill_grace: Duration) -> anyhow::Result<Arc<dyn Backend>> {
+    #[cfg(feature = "postgres")]
+    if let Some(url) = &args.postgres {
+        let mut config = onlyone::PostgresConfig::new(url.clone());
+        config.key = args.key;
+        if let Some(table) = &args.table {
+            config.table = table.clone();
+        }
+        config.heartbeat = args.heartbeat;
+        config.lock_delay = args.lock_delay;
+        config.kill_grace = kill_grace;
+        return Ok(Arc::new(onlyone::PostgresBackend::new(config)?));
+    }
+    let _ = kill_grace;
+    Ok(match &args.dir {
         Some(dir) => Arc::new(FileBackend::new(dir)),
         None => Arc::new(FileBackend::new(onlyone::default_dir())),
-    }
+    })
 }
 
 /// After a restart, the delay doubles up to this.
@@ -284,7 +343,7 @@ const STABLE_RUN: Duration = Duration::from_secs(60);
 
 fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<u8> {
     let name = LockName::new(&args.name)?;
-    let backend = backend(&args.backend);
+    let backend = backend(&args.backend, args.kill_grace)?;
     let mut lock = Lock::with_backend(name.clone(), backend.clone()).command(args.command.clone());
     if let Some(max) = args.max {
         lock = lock.max(max)?;
@@ -416,7 +475,7 @@ fn supervise(supervisor: &mut Supervisor, guard: &Guard, args: &RunArgs) -> anyh
 
 fn stop(args: StopArgs, quiet: bool) -> anyhow::Result<u8> {
     let name = LockName::new(&args.name)?;
-    let backend = backend(&args.backend);
+    let backend = backend(&args.backend, DEFAULT_KILL_GRACE)?;
     if !backend.stop_holder(&name, args.signal)? {
         if !quiet {
             eprintln!("onlyone: lock '{name}' is free already");
@@ -435,7 +494,7 @@ fn stop(args: StopArgs, quiet: bool) -> anyhow::Result<u8> {
 
 fn wait(args: WaitArgs, quiet: bool) -> anyhow::Result<u8> {
     let name = LockName::new(&args.name)?;
-    let backend = backend(&args.backend);
+    let backend = backend(&args.backend, DEFAULT_KILL_GRACE)?;
     if backend.wait_free(&name, args.timeout)? {
         return Ok(0);
     }
@@ -491,7 +550,7 @@ impl WaitNotice {
 }
 
 fn status(args: StatusArgs) -> anyhow::Result<u8> {
-    let backend = backend(&args.backend);
+    let backend = backend(&args.backend, DEFAULT_KILL_GRACE)?;
     let Some(name) = &args.name else {
         let all = backend.list()?;
         if args.json {
