@@ -7,6 +7,7 @@ mod util;
 mod bad_input;
 mod library;
 mod operate;
+mod postgres_lib;
 mod properties;
 mod regression;
 mod run;

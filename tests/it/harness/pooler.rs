@@ -162,7 +162,10 @@ fn reassign_moves_the_client_to_another_backend() {
     let url = cluster.url_via(&pooler.addr().to_string());
     let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     let pid = |client: &mut postgres::Client| -> i32 {
-        client.query_one("select pg_backend_pid()", &[]).unwrap().get(0)
+        client
+            .query_one("select pg_backend_pid()", &[])
+            .unwrap()
+            .get(0)
     };
     let before = pid(&mut client);
     assert_eq!(pid(&mut client), before);

@@ -1,5 +1,5 @@
-//! Library-level tests of the PostgreSQL backend against a live server:
-//! `ONLYONE_TEST_POSTGRES_URL`, else `postgres://postgres@127.0.0.1:5432/test`
+//! Library-level tests of the PostgreSQL backend against the server named by
+//! `ONLYONE_TEST_POSTGRES_URL`
 //! (a role that may create tables and roles and terminate its own
 //! sessions). Every test uses its own state table and lock names.
 
@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::harness::proxy::Proxy;
 use onlyone::{
     Attempt, Backend, ErrorKind, Guard, Holder, LockName, PostgresBackend, PostgresConfig,
 };
@@ -16,9 +17,12 @@ use onlyone::{
 const HEARTBEAT: Duration = Duration::from_millis(100);
 const LOCK_DELAY: Duration = Duration::from_secs(1);
 
-fn url() -> String {
-    std::env::var("ONLYONE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+/// The test server: scripts/test starts a throwaway one and names it here.
+pub fn url() -> String {
+    std::env::var("ONLYONE_TEST_POSTGRES_URL").expect(
+        "ONLYONE_TEST_POSTGRES_URL is not set: run the tests with scripts/test, \
+         which starts a throwaway PostgreSQL server, or point it at a server",
+    )
 }
 
 fn admin() -> postgres::Client {
@@ -535,96 +539,18 @@ fn without_create_privilege_the_error_carries_the_ddl() {
     assert!(!message.contains('\n'), "{message}");
 }
 
-/// A TCP proxy to the test server that can stop forwarding (a frozen
-/// network: both ends' kernels still accept data, nothing arrives), for
-/// the few tests that need one before the shared harness's proxy is in.
-mod frozen {
-    use std::io::{Read, Write};
-    use std::net::{Shutdown, TcpListener, TcpStream};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
-    use std::thread;
-
-    pub struct Proxy {
-        pub port: u16,
-        frozen: Arc<AtomicBool>,
-        sockets: Arc<Mutex<Vec<TcpStream>>>,
-    }
-
-    impl Proxy {
-        /// Forwards to `upstream` (host:port).
-        pub fn start(upstream: String) -> Proxy {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = listener.local_addr().unwrap().port();
-            let frozen = Arc::new(AtomicBool::new(false));
-            let sockets = Arc::new(Mutex::new(Vec::new()));
-            let (f, s) = (frozen.clone(), sockets.clone());
-            thread::spawn(move || {
-                for client in listener.incoming() {
-                    let Ok(client) = client else { return };
-                    let Ok(server) = TcpStream::connect(&upstream) else {
-                        return;
-                    };
-                    s.lock()
-                        .unwrap()
-                        .extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
-                    pump(
-                        client.try_clone().unwrap(),
-                        server.try_clone().unwrap(),
-                        f.clone(),
-                    );
-                    pump(server, client, f.clone());
-                }
-            });
-            Proxy {
-                port,
-                frozen,
-                sockets,
-            }
-        }
-
-        /// From now on, nothing is forwarded in either direction.
-        pub fn freeze(&self) {
-            self.frozen.store(true, Ordering::SeqCst);
-        }
-    }
-
-    /// Closes every forwarded connection, so the server ends the sessions.
-    impl Drop for Proxy {
-        fn drop(&mut self) {
-            for socket in self.sockets.lock().unwrap().drain(..) {
-                let _ = socket.shutdown(Shutdown::Both);
-            }
-        }
-    }
-
-    fn pump(mut from: TcpStream, mut to: TcpStream, frozen: Arc<AtomicBool>) {
-        thread::spawn(move || {
-            let mut buffer = [0; 16 * 1024];
-            while let Ok(n) = from.read(&mut buffer) {
-                if n == 0 || frozen.load(Ordering::SeqCst) || to.write_all(&buffer[..n]).is_err() {
-                    // Frozen: keep both sockets open and swallow the data.
-                    while frozen.load(Ordering::SeqCst)
-                        && from.read(&mut buffer).is_ok_and(|n| n > 0)
-                    {}
-                    return;
-                }
-            }
-        });
-    }
-}
-
-/// The test server's host:port.
-fn upstream() -> String {
+/// The test server's address.
+fn upstream() -> std::net::SocketAddr {
     let config: postgres::Config = url().parse().unwrap();
     let host = match &config.get_hosts()[0] {
         postgres::config::Host::Tcp(host) => host.clone(),
         postgres::config::Host::Unix(_) => panic!("the proxy tests need a TCP URL"),
     };
-    format!(
-        "{host}:{}",
-        config.get_ports().first().copied().unwrap_or(5432)
-    )
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+        .unwrap()
+        .next()
+        .unwrap()
 }
 
 fn url_through(port: u16) -> String {
@@ -637,9 +563,9 @@ fn url_through(port: u16) -> String {
 #[test]
 fn a_frozen_network_fires_the_loss_within_the_heartbeat_deadline() {
     let fixture = Fixture::new("frozen");
-    let proxy = frozen::Proxy::start(upstream());
+    let proxy = Proxy::start(upstream());
     let backend = PostgresBackend::new(PostgresConfig {
-        url: url_through(proxy.port),
+        url: url_through(proxy.addr().port()),
         ..fixture.config()
     })
     .unwrap();
