@@ -2,9 +2,11 @@
 //! and checks it.
 //!
 //! Each heartbeat must be answered before the heartbeat deadline T runs
-//! out, counted from the last good answer; the wait for the answer is cut
-//! off there, so a frozen network is noticed at T even though the query
-//! itself would hang.
+//! out, counted from when the last good heartbeat was *sent*: its answer
+//! only proves the lock was held at some instant after the sending, so
+//! that is the last moment the holder knows it held the lock. The wait for
+//! an answer is cut off there, so a frozen network is noticed at T even
+//! though the query itself would hang.
 
 use std::os::fd::BorrowedFd;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -54,9 +56,13 @@ impl PostgresHeld {
     /// The heartbeat's query cannot be prepared or its thread cannot
     /// start; the session is closed, which frees the lock.
     pub fn start(session: Session, keep: Keep, record: Record) -> Result<PostgresHeld> {
+        // The session answers this statement only while it is alive, and
+        // a live session still holds its lock: its sending is the first
+        // proof that the lock is held.
+        let proof = Instant::now();
         let statement = session.prepare_beat()?;
         let loss = LossWatch::new();
-        let heartbeat = Heartbeat::start(session, statement, keep.clone(), loss.clone())?;
+        let heartbeat = Heartbeat::start(session, statement, keep.clone(), loss.clone(), proof)?;
         Ok(PostgresHeld {
             name: keep.name,
             key: keep.key,
@@ -137,6 +143,7 @@ impl Heartbeat {
         statement: Statement,
         keep: Keep,
         loss: LossWatch,
+        proof: Instant,
     ) -> Result<Heartbeat> {
         let (commands, received) = mpsc::channel();
         let beater = Beater {
@@ -144,7 +151,7 @@ impl Heartbeat {
             statement,
             keep,
             loss,
-            last_answer: Instant::now(),
+            last_proof: proof,
         };
         // If the thread cannot start, the session is dropped with the
         // closure: the lock is freed.
@@ -190,7 +197,8 @@ struct Beater {
     statement: Statement,
     keep: Keep,
     loss: LossWatch,
-    last_answer: Instant,
+    /// When the last heartbeat that was answered well was sent.
+    last_proof: Instant,
 }
 
 impl Beater {
@@ -204,12 +212,10 @@ impl Beater {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            let left = self
-                .keep
-                .deadline
-                .saturating_sub(self.last_answer.elapsed());
+            let sent = Instant::now();
+            let left = self.keep.deadline.saturating_sub(self.last_proof.elapsed());
             match self.session.beat(&self.statement, self.keep.key, left) {
-                Ok(()) => self.last_answer = Instant::now(),
+                Ok(()) => self.last_proof = sent,
                 Err(reason) => {
                     self.loss.fire(reason);
                     // Nothing more to do with this session: dropping it

@@ -161,7 +161,8 @@ impl fmt::Debug for PostgresConfig {
 ///   clear yes, fires the [`LossWatch`](crate::LossWatch) with the reason.
 /// - **Heartbeat deadline T = 2 × heartbeat + 1 s (3 s).** The loss
 ///   fires when no heartbeat has been answered for T: the wait for each
-///   answer is cut off when T since the last good answer runs out, so a
+///   answer is cut off when T has passed since the last good heartbeat was
+///   sent (its answer proves the lock was held only after that), so a
 ///   query that hangs on a frozen network is noticed too.
 /// - **Server-side bound R = 11 s.** The session sets
 ///   `tcp_keepalives_idle = 5`, `tcp_keepalives_interval = 2`,
