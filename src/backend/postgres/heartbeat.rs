@@ -222,7 +222,7 @@ impl Beater {
                     // frees the lock if the server still had it, and the
                     // row keeps saying "held" so that the next holder
                     // waits the lock-delay.
-                    self.session.close();
+                    self.session.abandon();
                     return Ok(());
                 }
             }

@@ -367,6 +367,15 @@ impl Session {
                     self.location
                 ));
             }
+            // The heartbeat's prepared statement exists only in the session
+            // that prepared it: another session answering means a pooler
+            // handed the connection to a different server process.
+            Err(failure) if failure.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) => {
+                return Err(format!(
+                    "the PostgreSQL server session of the lock changed under the connection ({}): {POOLER_MESSAGE}",
+                    failure.describe()
+                ));
+            }
             Err(failure) => {
                 return Err(format!(
                     "the PostgreSQL session holding the lock failed ({}); the lock must be considered gone",
@@ -432,6 +441,22 @@ impl Session {
         {
             log::debug!("closing the PostgreSQL session timed out; dropping its socket");
         }
+    }
+
+    /// Drops the session without a goodbye, for one already known to be
+    /// lost: waiting for a server that does not answer would only hold up
+    /// the supervisor. Closing the socket ends the session at the server,
+    /// if the server can still hear it.
+    pub fn abandon(self) {
+        let Session {
+            runtime,
+            client,
+            connection,
+            ..
+        } = self;
+        drop(client);
+        drop(connection);
+        runtime.shutdown_background();
     }
 
     /// An error from a statement of this session, as one line.
