@@ -185,9 +185,11 @@ impl fmt::Debug for PostgresConfig {
 ///   waits the lock-delay before it returns, while its own heartbeat runs.
 ///   The old holder learns of its loss within T and its supervisor stops
 ///   its command within the kill grace, so the delay must satisfy
-///   `lock_delay > T + kill_grace`; the default is T + kill grace + 2 s =
-///   10 s. A shorter configured delay is accepted with a warning. A clean
-///   release needs no delay.
+///   `lock_delay > T + kill_grace` — the *previous* holder's T and kill
+///   grace, which it records in the state row: the new holder waits the
+///   longer of its own lock-delay and that record + 2 s. The default is
+///   T + kill grace + 2 s = 10 s. A shorter configured delay is accepted
+///   with a warning. A clean release needs no delay.
 ///
 /// # The state table
 ///
@@ -208,6 +210,7 @@ impl fmt::Debug for PostgresConfig {
 ///     uid         bigint,
 ///     command     text[],
 ///     acquired_at timestamptz,
+///     stop_within_ms bigint,             -- the holder's heartbeat deadline + kill grace
 ///     updated_at  timestamptz NOT NULL DEFAULT now()
 /// )
 /// ```
@@ -296,6 +299,14 @@ impl PostgresBackend {
         self.config.effective_lock_delay()
     }
 
+    /// How long this holder may take to stop its command once it has lost
+    /// the lock: heartbeat deadline + kill grace. Recorded for the next
+    /// holder's lock-delay.
+    fn stop_within(&self) -> Duration {
+        self.heartbeat_deadline()
+            .saturating_add(self.config.kill_grace)
+    }
+
     /// `postgres://host:port/db key K (classid C, objid O)`.
     fn location(&self, key: i64) -> String {
         let (classid, objid) = key_parts(key);
@@ -315,9 +326,9 @@ impl PostgresBackend {
             return Ok(Attempt::Held(holder?));
         }
         let mut record = Record::for_current_process(command, 0);
-        let acquisition = self
-            .table
-            .record_acquisition(&mut session, name, key, &record)?;
+        let acquisition =
+            self.table
+                .record_acquisition(&mut session, name, key, &record, self.stop_within())?;
         record.token = acquisition.token;
         let keep = Keep {
             name: name.clone(),
@@ -329,7 +340,14 @@ impl PostgresBackend {
         };
         let mut held = PostgresHeld::start(session, keep, record)?;
         if acquisition.previous_was_held {
-            let delay = self.lock_delay();
+            // The previous holder's own deadline and grace are what bound
+            // how long its command may still run: wait out the longer.
+            let delay = acquisition
+                .previous_stop_within
+                .map_or(Duration::ZERO, |stop| {
+                    stop.saturating_add(LOCK_DELAY_MARGIN)
+                })
+                .max(self.lock_delay());
             log::warn!(
                 "lock {name}: the previous holder did not release it cleanly (it crashed, was killed, or lost its database session); waiting the lock-delay of {} so that its command has time to stop",
                 humantime::format_duration(delay)

@@ -1,7 +1,7 @@
 //! The state table (fencing tokens, clean/unclean release, holder records)
 //! and the server's own view of a lock (`pg_locks`, `pg_stat_activity`).
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio_postgres::Row as PgRow;
 use tokio_postgres::error::SqlState;
@@ -66,6 +66,7 @@ impl Table {
              uid bigint, \
              command text[], \
              acquired_at timestamptz, \
+             stop_within_ms bigint, \
              updated_at timestamptz NOT NULL DEFAULT now())",
             self.sql
         )
@@ -128,31 +129,39 @@ impl Table {
     }
 
     /// Records a new holder while the advisory lock is held: the next
-    /// token, committed before the lock is handed out, and whether the
-    /// previous holder left without a clean release.
+    /// token, committed before the lock is handed out; whether the
+    /// previous holder left without a clean release, and how long it may
+    /// take to stop its command after losing the lock (`stop_within`: its
+    /// heartbeat deadline + kill grace; ours is recorded for the next).
     pub fn record_acquisition(
         &self,
         session: &mut Session,
         name: &LockName,
         key: i64,
         record: &Record,
+        stop_within: Duration,
     ) -> Result<Acquisition> {
         // The CTE reads the row as it was before this statement: the
         // previous holder's state.
         let sql = format!(
-            "WITH previous AS (SELECT state FROM {t} WHERE name = $1) \
+            "WITH previous AS (SELECT state, stop_within_ms FROM {t} WHERE name = $1) \
              INSERT INTO {t} AS t (name, key, token, state, backend_pid, pid, host, start_time, \
-                                   boot_id, user_name, uid, command, acquired_at, updated_at) \
-             VALUES ($1, $2, 1, 'held', pg_backend_pid(), $3, $4, $5, $6, $7, $8, $9, $10, now()) \
+                                   boot_id, user_name, uid, command, acquired_at, stop_within_ms, \
+                                   updated_at) \
+             VALUES ($1, $2, 1, 'held', pg_backend_pid(), $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                     now()) \
              ON CONFLICT (name) DO UPDATE SET \
                key = EXCLUDED.key, token = t.token + 1, state = 'held', \
                backend_pid = EXCLUDED.backend_pid, pid = EXCLUDED.pid, host = EXCLUDED.host, \
                start_time = EXCLUDED.start_time, boot_id = EXCLUDED.boot_id, \
                user_name = EXCLUDED.user_name, uid = EXCLUDED.uid, command = EXCLUDED.command, \
-               acquired_at = EXCLUDED.acquired_at, updated_at = now() \
-             RETURNING t.token, (SELECT state FROM previous), t.backend_pid",
+               acquired_at = EXCLUDED.acquired_at, stop_within_ms = EXCLUDED.stop_within_ms, \
+               updated_at = now() \
+             RETURNING t.token, (SELECT state FROM previous), t.backend_pid, \
+                       (SELECT stop_within_ms FROM previous)",
             t = self.sql
         );
+        let stop_within_ms = i64::try_from(stop_within.as_millis()).unwrap_or(i64::MAX);
         let acquired_at = record.acquired_time().unwrap_or_else(SystemTime::now);
         let result = session.query_one(
             &sql,
@@ -167,6 +176,7 @@ impl Table {
                 &i64::from(record.uid),
                 &record.command,
                 &acquired_at,
+                &stop_within_ms,
             ],
         );
         let row = match result {
@@ -179,9 +189,13 @@ impl Table {
         session.check_same_backend(row.get(2))?;
         let token: i64 = row.get(0);
         let previous: Option<String> = row.get(1);
+        let previous_stop_within: Option<i64> = row.get(3);
         Ok(Acquisition {
             token: u64::try_from(token).unwrap_or(0),
             previous_was_held: previous.as_deref() == Some("held"),
+            previous_stop_within: previous_stop_within
+                .and_then(|ms| u64::try_from(ms).ok())
+                .map(Duration::from_millis),
         })
     }
 
@@ -273,6 +287,9 @@ pub(super) struct Acquisition {
     pub token: u64,
     /// The previous holder did not release cleanly.
     pub previous_was_held: bool,
+    /// How long the previous holder may take to stop its command after
+    /// losing the lock (its heartbeat deadline + kill grace), if recorded.
+    pub previous_stop_within: Option<Duration>,
 }
 
 /// One lock's row of the state table.
