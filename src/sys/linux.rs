@@ -224,6 +224,11 @@ pub fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Makes orphaned descendants our children instead of init's.
+pub fn become_subreaper() {
+    let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
