@@ -8,6 +8,7 @@ mod bad_input;
 mod library;
 mod operate;
 mod postgres_lib;
+mod postgres_run;
 mod properties;
 mod regression;
 mod run;
