@@ -12,9 +12,9 @@
 //! The state holds no clock: only ages (ticks since something happened),
 //! capped where larger values behave alike, so the state space is finite.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::time::Instant;
 
 const MAX_CONTENDERS: usize = 3;
@@ -39,6 +39,9 @@ struct Params {
     /// The unsafe variant: measure the deadline from the *reply* to the last
     /// successful heartbeat instead of its send time.
     deadline_from_reply: bool,
+    /// The unsafe variant: a holder that gives up during its lock-delay
+    /// commits `state='released'` although its command never ran.
+    give_up_releases: bool,
     writes: Writes,
     /// Whether two commands running at once is a violation. Off when
     /// checking what fencing alone guarantees.
@@ -72,6 +75,9 @@ struct Faults {
     host_crash: bool,
     /// SIGSTOP and SIGCONT of the supervisor; its command keeps running.
     pause: bool,
+    /// The holder gives up during its lock-delay (SIGTERM to onlyone, or a
+    /// timeout) without starting the command.
+    give_up: bool,
     /// Failover to an asynchronous standby that lacks the last commits to
     /// the state row (outside the design's assumptions).
     failover_loses_commits: bool,
@@ -107,9 +113,11 @@ impl Params {
                 supervisor_kill: true,
                 host_crash: true,
                 pause: false,
+                give_up: true,
                 failover_loses_commits: false,
             },
             deadline_from_reply: false,
+            give_up_releases: false,
             writes: Writes::None,
             check_exclusion: true,
             check_tokens: true,
@@ -128,6 +136,7 @@ impl Params {
                 supervisor_kill: false,
                 host_crash: false,
                 pause: false,
+                give_up: false,
                 failover_loses_commits: false,
             },
             ..self
@@ -150,7 +159,7 @@ struct Row {
 }
 
 /// Where a contender's supervisor is in one attempt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Phase {
     /// Blocked in `pg_advisory_lock`. A waiting session holds nothing, so
     /// its loss is only a retry and is not modeled.
@@ -169,7 +178,7 @@ enum Phase {
 }
 
 /// The heartbeat query in flight (one at a time on the lock session).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Heartbeat {
     Idle,
     /// Sent; the server has not run it yet.
@@ -180,7 +189,7 @@ enum Heartbeat {
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Contender {
     phase: Phase,
     attempts_left: u8,
@@ -201,6 +210,45 @@ struct Contender {
     /// Ticks since the last heartbeat was sent.
     since_send: u8,
     heartbeat: Heartbeat,
+}
+
+/// Hashes a contender as one word: the derived hash makes a dozen calls per
+/// contender, which dominate the search in a debug build. Equality stays
+/// exact, so a collision would only cost a comparison.
+impl Hash for Contender {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (phase, count) = match self.phase {
+            Phase::Waiting => (0, 0),
+            Phase::Delaying { left } => (1, left),
+            Phase::Spawning => (2, 0),
+            Phase::Running => (3, 0),
+            Phase::Stopping { grace_left } => (4, grace_left),
+            Phase::Done => (5, 0),
+        };
+        let heartbeat = match self.heartbeat {
+            Heartbeat::Idle => 0,
+            Heartbeat::Sent => 1,
+            Heartbeat::Answered { holds } => 2 + u8::from(holds),
+        };
+        state.write_u128(u128::from_le_bytes([
+            phase,
+            count,
+            self.attempts_left,
+            u8::from(self.link_up),
+            u8::from(self.session),
+            u8::from(self.paused),
+            self.token,
+            self.acquisition,
+            self.since_ok,
+            self.since_send,
+            heartbeat,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ]));
+    }
 }
 
 impl Contender {
@@ -245,7 +293,7 @@ impl Contender {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct State {
     contenders: [Contender; MAX_CONTENDERS],
     row: Row,
@@ -291,39 +339,70 @@ enum Event {
     FailoverLosingCommits,
     StandbyCatchesUp,
     // The holder's machine.
+    GiveUp(usize),
     SupervisorKilled(usize),
     HostCrash(usize),
     Pause(usize),
     Resume(usize),
 }
 
+/// An event without its contender, for coverage checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Tick,
+    Acquire,
+    ReadyToStart,
+    Spawn,
+    SendHeartbeat,
+    DeadlinePassed,
+    Kill,
+    CommandExits,
+    CommandWrites,
+    ServerChecksHeartbeat,
+    ReplyArrives,
+    HeartbeatErrs,
+    Partition,
+    Heal,
+    ServerDropsUnreachable,
+    Terminate,
+    ServerRestart,
+    FailoverLosingCommits,
+    StandbyCatchesUp,
+    GiveUp,
+    SupervisorKilled,
+    HostCrash,
+    Pause,
+    Resume,
+}
+
 impl Event {
     /// The event's kind, without the contender, for coverage checks.
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> Kind {
         match self {
-            Event::Tick => "Tick",
-            Event::Acquire(_) => "Acquire",
-            Event::ReadyToStart(_) => "ReadyToStart",
-            Event::Spawn(_) => "Spawn",
-            Event::SendHeartbeat(_) => "SendHeartbeat",
-            Event::DeadlinePassed(_) => "DeadlinePassed",
-            Event::Kill(_) => "Kill",
-            Event::CommandExits(_) => "CommandExits",
-            Event::CommandWrites(_) => "CommandWrites",
-            Event::ServerChecksHeartbeat(_) => "ServerChecksHeartbeat",
-            Event::ReplyArrives(_) => "ReplyArrives",
-            Event::HeartbeatErrs(_) => "HeartbeatErrs",
-            Event::Partition(_) => "Partition",
-            Event::Heal(_) => "Heal",
-            Event::ServerDropsUnreachable(_) => "ServerDropsUnreachable",
-            Event::Terminate(_) => "Terminate",
-            Event::ServerRestart => "ServerRestart",
-            Event::FailoverLosingCommits => "FailoverLosingCommits",
-            Event::StandbyCatchesUp => "StandbyCatchesUp",
-            Event::SupervisorKilled(_) => "SupervisorKilled",
-            Event::HostCrash(_) => "HostCrash",
-            Event::Pause(_) => "Pause",
-            Event::Resume(_) => "Resume",
+            Event::Tick => Kind::Tick,
+            Event::Acquire(_) => Kind::Acquire,
+            Event::ReadyToStart(_) => Kind::ReadyToStart,
+            Event::Spawn(_) => Kind::Spawn,
+            Event::SendHeartbeat(_) => Kind::SendHeartbeat,
+            Event::DeadlinePassed(_) => Kind::DeadlinePassed,
+            Event::Kill(_) => Kind::Kill,
+            Event::CommandExits(_) => Kind::CommandExits,
+            Event::CommandWrites(_) => Kind::CommandWrites,
+            Event::ServerChecksHeartbeat(_) => Kind::ServerChecksHeartbeat,
+            Event::ReplyArrives(_) => Kind::ReplyArrives,
+            Event::HeartbeatErrs(_) => Kind::HeartbeatErrs,
+            Event::Partition(_) => Kind::Partition,
+            Event::Heal(_) => Kind::Heal,
+            Event::ServerDropsUnreachable(_) => Kind::ServerDropsUnreachable,
+            Event::Terminate(_) => Kind::Terminate,
+            Event::ServerRestart => Kind::ServerRestart,
+            Event::FailoverLosingCommits => Kind::FailoverLosingCommits,
+            Event::StandbyCatchesUp => Kind::StandbyCatchesUp,
+            Event::GiveUp(_) => Kind::GiveUp,
+            Event::SupervisorKilled(_) => Kind::SupervisorKilled,
+            Event::HostCrash(_) => Kind::HostCrash,
+            Event::Pause(_) => Kind::Pause,
+            Event::Resume(_) => Kind::Resume,
         }
     }
 
@@ -348,6 +427,7 @@ impl Event {
             | Event::Heal(i)
             | Event::ServerDropsUnreachable(i)
             | Event::Terminate(i)
+            | Event::GiveUp(i)
             | Event::SupervisorKilled(i)
             | Event::HostCrash(i)
             | Event::Pause(i)
@@ -359,8 +439,8 @@ impl Event {
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = match self.contender() {
-            Some(i) => format!("{}({})", self.kind(), name(i)),
-            None => self.kind().to_string(),
+            Some(i) => format!("{:?}({})", self.kind(), name(i)),
+            None => format!("{:?}", self.kind()),
         };
         f.pad(&text)
     }
@@ -410,7 +490,7 @@ impl State {
     /// its own entry), so states that differ only in their order behave
     /// alike: the visited set keeps the sorted one.
     fn symmetric_key(&self, p: &Params) -> State {
-        let mut key = self.clone();
+        let mut key = *self;
         key.contenders[..p.contenders].sort_unstable();
         key
     }
@@ -434,17 +514,23 @@ impl State {
         }
     }
 
-    /// Every event that can happen now. Due timers of running supervisors
-    /// are urgent: time does not advance until they have fired.
     fn events(&self, p: &Params) -> Vec<Event> {
         let mut events = Vec::new();
+        self.events_into(p, &mut events);
+        events
+    }
+
+    /// Every event that can happen now, into `events` (reused by the
+    /// search, which would otherwise spend its time allocating). Due timers
+    /// of running supervisors are urgent: time does not advance until they
+    /// have fired.
+    fn events_into(&self, p: &Params, events: &mut Vec<Event>) {
+        events.clear();
         let mut urgent = false;
         let f = &p.faults;
         for (i, c) in self.contenders[..p.contenders].iter().enumerate() {
             if c.supervising() && !c.paused {
-                let due = self.due(p, i);
-                urgent |= !due.is_empty();
-                events.extend(due);
+                urgent |= self.push_due(p, i, events);
             }
             if c.phase == Phase::Waiting && c.link_up && self.lock_free() {
                 events.push(Event::Acquire(i));
@@ -486,6 +572,9 @@ impl State {
             if f.terminate && c.session {
                 events.push(Event::Terminate(i));
             }
+            if f.give_up && matches!(c.phase, Phase::Delaying { .. }) && !c.paused {
+                events.push(Event::GiveUp(i));
+            }
             if c.supervising() {
                 if f.supervisor_kill {
                     events.push(Event::SupervisorKilled(i));
@@ -512,13 +601,13 @@ impl State {
         if !urgent {
             events.push(Event::Tick);
         }
-        events
     }
 
-    /// The timers of contender `i` that have fallen due.
-    fn due(&self, p: &Params, i: usize) -> Vec<Event> {
+    /// Adds the timers of contender `i` that have fallen due; tells whether
+    /// there were any.
+    fn push_due(&self, p: &Params, i: usize, due: &mut Vec<Event>) -> bool {
         let c = &self.contenders[i];
-        let mut due = Vec::new();
+        let before = due.len();
         if c.watching() {
             if c.since_ok >= p.deadline {
                 due.push(Event::DeadlinePassed(i));
@@ -537,11 +626,11 @@ impl State {
             Phase::Stopping { grace_left: 0 } => due.push(Event::Kill(i)),
             _ => {}
         }
-        due
+        due.len() > before
     }
 
     fn step(&self, p: &Params, event: Event) -> State {
-        let mut s = self.clone();
+        let mut s = *self;
         match event {
             Event::Tick => {
                 let cap = p.age_cap();
@@ -652,6 +741,22 @@ impl State {
             Event::SupervisorKilled(i) => {
                 // The kernel closes the socket and PDEATHSIG kills the
                 // command at once.
+                s.close_session(i);
+                s.end_attempt(i);
+            }
+            Event::GiveUp(i) => {
+                // Only a holder whose own command ran and ended may say
+                // 'released': an earlier holder's command may still run.
+                let c = s.contenders[i];
+                if p.give_up_releases && c.link_up && c.session {
+                    s.commit(
+                        p,
+                        Row {
+                            held: false,
+                            token: s.row.token,
+                        },
+                    );
+                }
                 s.close_session(i);
                 s.end_attempt(i);
             }
@@ -836,14 +941,20 @@ struct Exploration {
     states: usize,
     transitions: usize,
     counterexample: Option<Counterexample>,
-    /// The kinds of event that happened somewhere.
-    kinds: BTreeSet<&'static str>,
+    /// The kinds of event that happened somewhere, one bit per kind.
+    kinds: u64,
     /// States with two commands running (counted only when allowed).
     overlaps: usize,
     /// Writes the fence refused.
     refused_writes: usize,
     /// Acquisitions that found `state='held'` and so waited the lock-delay.
     delayed_acquisitions: usize,
+}
+
+impl Exploration {
+    fn happened(&self, kind: Kind) -> bool {
+        self.kinds & 1 << kind as u32 != 0
+    }
 }
 
 /// Breadth-first search over every reachable state; stops at the first
@@ -863,16 +974,18 @@ fn explore(p: &Params) -> Exploration {
         states: 1,
         transitions: 0,
         counterexample: None,
-        kinds: BTreeSet::new(),
+        kinds: 0,
         overlaps: 0,
         refused_writes: 0,
         delayed_acquisitions: 0,
     };
+    let mut events = Vec::new();
     while let Some((state, index)) = queue.pop_front() {
-        for event in state.events(p) {
+        state.events_into(p, &mut events);
+        for &event in &events {
             let next = state.step(p, event);
             found.transitions += 1;
-            found.kinds.insert(event.kind());
+            found.kinds |= 1 << event.kind() as u32;
             match event {
                 Event::CommandWrites(i) if !state.fence_accepts(p, state.contenders[i].token) => {
                     found.refused_writes += 1;
@@ -931,6 +1044,10 @@ impl Hasher for FxHasher {
     fn write_u64(&mut self, value: u64) {
         self.add(value);
     }
+    fn write_u128(&mut self, value: u128) {
+        self.add(value as u64);
+        self.add((value >> 64) as u64);
+    }
     fn write_usize(&mut self, value: usize) {
         self.add(value as u64);
     }
@@ -949,7 +1066,7 @@ fn replay(p: &Params, violation: Violation, events: &[Event]) -> Counterexample 
     for &event in events {
         assert!(state.events(p).contains(&event), "{event} is enabled");
         state = state.step(p, event);
-        steps.push((event, state.clone()));
+        steps.push((event, state));
     }
     Counterexample { violation, steps }
 }
@@ -1008,25 +1125,26 @@ fn defaults_keep_one_command_under_every_fault() {
     // holders did wait the lock-delay.
     assert!(found.delayed_acquisitions > 0);
     for kind in [
-        "Acquire",
-        "ReadyToStart",
-        "Spawn",
-        "SendHeartbeat",
-        "ServerChecksHeartbeat",
-        "ReplyArrives",
-        "HeartbeatErrs",
-        "DeadlinePassed",
-        "Kill",
-        "CommandExits",
-        "Partition",
-        "Heal",
-        "ServerDropsUnreachable",
-        "Terminate",
-        "ServerRestart",
-        "SupervisorKilled",
-        "HostCrash",
+        Kind::Acquire,
+        Kind::ReadyToStart,
+        Kind::Spawn,
+        Kind::SendHeartbeat,
+        Kind::ServerChecksHeartbeat,
+        Kind::ReplyArrives,
+        Kind::HeartbeatErrs,
+        Kind::DeadlinePassed,
+        Kind::Kill,
+        Kind::CommandExits,
+        Kind::Partition,
+        Kind::Heal,
+        Kind::ServerDropsUnreachable,
+        Kind::Terminate,
+        Kind::ServerRestart,
+        Kind::GiveUp,
+        Kind::SupervisorKilled,
+        Kind::HostCrash,
     ] {
-        assert!(found.kinds.contains(kind), "{kind} never happened");
+        assert!(found.happened(kind), "{kind:?} never happened");
     }
 }
 
@@ -1150,6 +1268,22 @@ fn paused_supervisor_writes_are_disordered_without_a_fence() {
     p.check_start_order = false;
     p.writes = Writes::Unfenced;
     assert_violation(&explore(&p), Violation::StaleWriteAccepted);
+}
+
+/// Why only a holder whose command ran may say 'released': one that gives
+/// up during its lock-delay and releases cleanly lets a third holder start
+/// at once, while the first (partitioned) holder's command still runs.
+#[test]
+fn giving_up_during_the_delay_must_leave_the_row_held() {
+    let mut p = Params::defaults().without_faults();
+    p.contenders = 3;
+    p.attempts = 1;
+    p.faults.partition = true;
+    p.faults.give_up = true;
+    p.give_up_releases = true;
+    let found = explore(&p);
+    let trace = assert_violation(&found, Violation::TwoCommandsRunning);
+    assert!(trace.events().any(|e| matches!(e, Event::GiveUp(_))));
 }
 
 /// Why the deadline counts from the send time: a reply proves the lock was
