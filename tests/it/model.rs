@@ -459,7 +459,7 @@ enum Violation {
         token: u8,
         earlier: u8,
     },
-    /// A command started with a token below an earlier start's.
+    /// A command started with a token not above an earlier start's.
     StartedOutOfTokenOrder {
         token: u8,
         earlier: u8,
@@ -728,7 +728,8 @@ impl State {
                     s.last_write_acquisition = writer.acquisition;
                 }
             }
-            Event::Partition(_) | Event::Heal(_) => {}
+            Event::Partition(i) => s.contenders[i].link_up = false,
+            Event::Heal(i) => s.contenders[i].link_up = true,
             Event::ServerDropsUnreachable(i) | Event::Terminate(i) => {
                 s.contenders[i].session = false;
             }
@@ -763,9 +764,6 @@ impl State {
             Event::HostCrash(i) => s.end_attempt(i),
             Event::Pause(i) => s.contenders[i].paused = true,
             Event::Resume(i) => s.contenders[i].paused = false,
-        }
-        if let Event::Partition(i) | Event::Heal(i) = event {
-            s.contenders[i].link_up = matches!(event, Event::Heal(_));
         }
         s.normalize(p);
         s
