@@ -6,6 +6,7 @@ mod util;
 
 mod bad_input;
 mod library;
+mod model;
 mod operate;
 mod postgres_lib;
 mod postgres_run;
