@@ -446,6 +446,10 @@ fn supervise(supervisor: &mut Supervisor, guard: &Guard, args: &RunArgs) -> anyh
                 );
                 return Ok(EXIT_LOST);
             }
+            Outcome::LostBeforeStart { reason } => {
+                eprintln!("onlyone: lost lock '{name}' ({reason}); the command was not started");
+                return Ok(EXIT_LOST);
+            }
         };
         let again = match args.restart {
             None => false,

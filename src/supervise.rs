@@ -35,6 +35,12 @@ pub enum Outcome {
         /// How the command ended once stopped, as in [`Outcome::Exited`].
         code: u8,
     },
+    /// The lock was lost before the command could start; it was not
+    /// started.
+    LostBeforeStart {
+        /// Why the lock was lost.
+        reason: String,
+    },
 }
 
 /// What happened while a command ran, in the order it happened.
@@ -134,6 +140,11 @@ impl Supervisor {
         let (program, args) = command
             .split_first()
             .ok_or_else(|| Error::usage("no command given to run"))?;
+        // A lock lost before the start (during a lock-delay or between
+        // restarts) protects nothing: do not start.
+        if let Some(reason) = guard.lost() {
+            return Ok(Outcome::LostBeforeStart { reason });
+        }
         // An interactive command gets the terminal: it can read it, and
         // Ctrl-C reaches its group directly.
         let interactive = sys::owns_terminal();

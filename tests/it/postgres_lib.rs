@@ -214,6 +214,29 @@ fn a_terminated_session_fires_the_loss_and_the_next_holder_waits_the_lock_delay(
     assert_eq!(next.lost(), None);
 }
 
+/// A guard whose lock is already lost must not start a command: the
+/// supervisor checks right before the spawn.
+#[test]
+fn a_lost_lock_starts_no_command() {
+    let fixture = Fixture::new("lost_before_start");
+    let backend = fixture.backend();
+    let name = fixture.name("lock");
+    let guard = acquired(backend.try_acquire(&name, &[]).unwrap());
+    terminate(holder_backend_pid(&backend, &name));
+    guard
+        .loss_watch()
+        .wait(Some(backend.heartbeat_deadline()))
+        .expect("the loss fires");
+    let marker = std::env::temp_dir().join(format!("onlyone-not-started-{}", std::process::id()));
+    let command = vec!["touch".to_owned(), marker.display().to_string()];
+    let outcome = onlyone::supervise::run(&guard, &command, Duration::from_secs(1)).unwrap();
+    assert!(
+        matches!(outcome, onlyone::supervise::Outcome::LostBeforeStart { .. }),
+        "{outcome:?}"
+    );
+    assert!(!marker.exists(), "the command did not run");
+}
+
 #[test]
 fn a_loss_during_the_lock_delay_is_an_error() {
     let fixture = Fixture::new("lost_in_delay");
