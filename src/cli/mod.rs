@@ -89,8 +89,10 @@ enum Command {
     #[command(after_help = EXIT_CODES)]
     Status(StatusArgs),
     /// Stop the holder of a lock: its exact supervisor process (verified by
-    /// pid and start time, never by name). Exit 0 when the lock is free
-    /// afterwards, 75 if still held at the timeout, 3 if it was free.
+    /// pid and start time, never by name), or with --postgres its database
+    /// session (its own onlyone then stops the command). Exit 0 when the
+    /// lock is free afterwards, 75 if still held at the timeout, 3 if it
+    /// was free.
     Stop(StopArgs),
     /// Wait until a lock is free, without taking it. Exit 0 when free, 75
     /// at the timeout.
