@@ -126,6 +126,20 @@ impl fmt::Debug for PostgresConfig {
 
 /// Locks held as PostgreSQL session-level advisory locks.
 ///
+/// ```no_run
+/// # fn main() -> Result<(), onlyone::Error> {
+/// use onlyone::{Attempt, Lock, PostgresBackend, PostgresConfig};
+///
+/// // The password comes from PGPASSWORD or ~/.pgpass.
+/// let backend = PostgresBackend::new(PostgresConfig::new("postgres://bot@db1/app"))?;
+/// if let Attempt::Acquired(guard) = Lock::new("report", backend)?.try_acquire()? {
+///     let watch = guard.loss_watch(); // fires if the session is lost
+///     # let _ = watch;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+///
 /// # The lock
 ///
 /// Lock `name` is the advisory lock whose bigint key is the first 8 bytes
