@@ -54,17 +54,16 @@ pub struct Record {
 impl Record {
     /// A record for the calling process, acquiring now with `token`.
     pub fn for_current_process(command: &[String], token: u64) -> Record {
-        let pid = std::process::id();
-        let uid = sys::uid();
+        let me = ProcessIdentity::current();
         Record {
             format: RECORD_FORMAT.to_owned(),
             token,
-            pid,
-            start_time: sys::process_start_time(pid),
-            boot_id: sys::boot_id(),
+            pid: me.pid,
+            start_time: me.start_time,
+            boot_id: me.boot_id,
             host: sys::hostname(),
-            user: sys::user_name(uid),
-            uid,
+            user: me.user,
+            uid: me.uid,
             command: command.to_vec(),
             acquired_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         }
@@ -148,6 +147,42 @@ impl fmt::Display for Record {
             write!(f, ": {}", self.command_line())?;
         }
         Ok(())
+    }
+}
+
+/// What identifies this process, which does not change while it runs:
+/// read once (from /proc and the user database), not on every acquisition.
+#[derive(Clone)]
+struct ProcessIdentity {
+    pid: u32,
+    start_time: Option<u64>,
+    boot_id: Option<String>,
+    uid: u32,
+    user: String,
+}
+
+impl ProcessIdentity {
+    fn current() -> ProcessIdentity {
+        static CACHE: std::sync::Mutex<Option<ProcessIdentity>> = std::sync::Mutex::new(None);
+        let pid = std::process::id();
+        let uid = sys::uid();
+        let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        // A forked child has another pid (and may have another uid): it
+        // reads its own.
+        match &*cache {
+            Some(me) if me.pid == pid && me.uid == uid => me.clone(),
+            _ => {
+                let me = ProcessIdentity {
+                    pid,
+                    start_time: sys::process_start_time(pid),
+                    boot_id: sys::boot_id(),
+                    uid,
+                    user: sys::user_name(uid),
+                };
+                *cache = Some(me.clone());
+                me
+            }
+        }
     }
 }
 

@@ -20,13 +20,14 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::{self, JoinHandle};
+use std::sync::{Arc, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use rustix::fs::{Mode, OFlags};
 use sha2::{Digest, Sha256};
 
+use crate::backend::ticker::{self, Ticket};
 use crate::backend::{
     Attempt, Backend, Guard, Held, Holder, LossWatch, Status, first_free, free_now, rounds,
 };
@@ -584,8 +585,11 @@ fn wait_for_dir(watch: &Option<sys::DirWatch>, left: Duration) {
 /// conflict.
 #[derive(Debug)]
 struct FileHeld {
-    _watcher: WatcherHandle,
+    _watcher: Option<Ticket>,
     socket: Arc<HolderSocket>,
+    /// A file the watcher made and locked after the first was deleted
+    /// (only kept, to be closed after the socket).
+    _restored: Arc<Mutex<Option<LockFile>>>,
     /// The file locked at acquisition; a child inherits this one.
     lock_file: LockFile,
     name: LockName,
@@ -593,27 +597,6 @@ struct FileHeld {
     record: Record,
     token: Option<u64>,
     loss: LossWatch,
-}
-
-/// Stops and joins the watcher thread when dropped.
-#[derive(Debug)]
-struct WatcherHandle(Option<(JoinHandle<()>, Arc<Stop>)>);
-
-impl Drop for WatcherHandle {
-    fn drop(&mut self) {
-        if let Some((handle, stop)) = self.0.take() {
-            *stop.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
-            stop.changed.notify_all();
-            let _ = handle.join();
-        }
-    }
-}
-
-/// Tells the watcher thread to stop, without making it wait a whole tick.
-#[derive(Debug, Default)]
-struct Stop {
-    stopped: Mutex<bool>,
-    changed: Condvar,
 }
 
 impl FileHeld {
@@ -635,23 +618,26 @@ impl FileHeld {
             .write_record(&record, &path)
             .then_some(record.token);
         let loss = LossWatch::new();
-        let stop = Arc::new(Stop::default());
+        let restored = Arc::new(Mutex::new(None));
         let watcher = Watcher {
             backend,
             path: path.clone(),
             rules,
             record: record.clone(),
             current: (lock_file.dev, lock_file.ino),
-            restored: None,
+            restored: restored.clone(),
             has_socket: socket.fd().is_some(),
             socket: socket.clone(),
             loss: loss.clone(),
-            stop: stop.clone(),
+            reported_blocked: false,
         };
-        let handle = thread::Builder::new()
-            .name("onlyone-watch".into())
-            .spawn(move || watcher.run())
-            .ok();
+        let ticket = ticker::register(Box::new(watcher), WATCH_INTERVAL);
+        if ticket.is_none() {
+            log::warn!(
+                "cannot start the thread that restores {} if it is deleted",
+                path.display()
+            );
+        }
         FileHeld {
             name,
             path,
@@ -660,7 +646,8 @@ impl FileHeld {
             lock_file,
             socket,
             loss,
-            _watcher: WatcherHandle(handle.map(|h| (h, stop))),
+            _watcher: ticket,
+            _restored: restored,
         }
     }
 }
@@ -701,75 +688,67 @@ impl Held for FileHeld {
     }
 }
 
-/// The holder's thread that keeps the lock file in place: if the file or
-/// its directory is deleted or replaced (a cleanup script), it makes a new
-/// one, locks it and writes the record again.
+/// What keeps a held lock file in place, at every tick of the shared
+/// watcher thread: if the file or its directory is deleted or replaced (a
+/// cleanup script), it makes a new one, locks it and writes the record
+/// again.
 struct Watcher {
     backend: FileBackend,
     path: PathBuf,
     rules: DirRules,
     record: Record,
     current: (u64, u64),
-    restored: Option<LockFile>,
+    /// Shared with the held lock, which closes it after the socket.
+    restored: Arc<Mutex<Option<LockFile>>>,
     has_socket: bool,
     socket: Arc<HolderSocket>,
     loss: LossWatch,
-    stop: Arc<Stop>,
+    reported_blocked: bool,
+}
+
+impl ticker::Tick for Watcher {
+    fn tick(&mut self) -> bool {
+        self.socket.drain();
+        if self.path_is_ours() {
+            return true;
+        }
+        match self.restore() {
+            Ok(Restore::Done) => {
+                self.reported_blocked = false;
+                log::warn!(
+                    "lock file {} was deleted or replaced while held; restored it",
+                    self.path.display()
+                );
+            }
+            Ok(Restore::Retry) => {}
+            Ok(Restore::HeldByOther) if !self.has_socket => {
+                // Without a socket the file was the only lock, and someone
+                // else now holds the new one.
+                self.loss.fire(format!(
+                    "lock file {} was replaced and another process locked the new one",
+                    self.path.display()
+                ));
+                return false;
+            }
+            Ok(Restore::HeldByOther) => {
+                let message = format!(
+                    "lock file {} was replaced and another process (not onlyone) locks the new one; still holding the lock",
+                    self.path.display()
+                );
+                self.report_once(&message);
+            }
+            Err(err) => self.report_once(&format!("cannot restore deleted lock file: {err}")),
+        }
+        true
+    }
 }
 
 impl Watcher {
-    fn run(mut self) {
-        let mut reported_blocked = false;
-        loop {
-            {
-                let stopped = self.stop.stopped.lock().unwrap_or_else(|e| e.into_inner());
-                let (stopped, _) = self
-                    .stop
-                    .changed
-                    .wait_timeout_while(stopped, WATCH_INTERVAL, |stopped| !*stopped)
-                    .unwrap_or_else(|e| e.into_inner());
-                if *stopped {
-                    return;
-                }
-            }
-            self.socket.drain();
-            if self.path_is_ours() {
-                continue;
-            }
-            match self.restore() {
-                Ok(Restore::Done) => {
-                    reported_blocked = false;
-                    log::warn!(
-                        "lock file {} was deleted or replaced while held; restored it",
-                        self.path.display()
-                    );
-                }
-                Ok(Restore::Retry) => {}
-                Ok(Restore::HeldByOther) if !self.has_socket => {
-                    // Without a socket the file was the only lock, and
-                    // someone else now holds the new one.
-                    self.loss.fire(format!(
-                        "lock file {} was replaced and another process locked the new one",
-                        self.path.display()
-                    ));
-                    return;
-                }
-                Ok(Restore::HeldByOther) => {
-                    if !reported_blocked {
-                        reported_blocked = true;
-                        log::warn!(
-                            "lock file {} was replaced and another process (not onlyone) locks the new one; still holding the lock",
-                            self.path.display()
-                        );
-                    }
-                }
-                Err(err) => {
-                    if !reported_blocked {
-                        reported_blocked = true;
-                        log::warn!("cannot restore deleted lock file: {err}");
-                    }
-                }
-            }
+    /// Logs a trouble that repeats at every tick only the first time.
+    fn report_once(&mut self, message: &str) {
+        if !self.reported_blocked {
+            self.reported_blocked = true;
+            log::warn!("{message}");
         }
     }
 
@@ -792,7 +771,7 @@ impl Watcher {
         }
         lock_file.write_record(&self.record, &self.path);
         self.current = (lock_file.dev, lock_file.ino);
-        self.restored = Some(lock_file);
+        *self.restored.lock().unwrap_or_else(|e| e.into_inner()) = Some(lock_file);
         Ok(Restore::Done)
     }
 }

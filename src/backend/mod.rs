@@ -15,6 +15,7 @@ use crate::record::Record;
 pub mod file;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod ticker;
 
 /// A place where locks live: a directory of lock files, or a database.
 ///
