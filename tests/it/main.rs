@@ -7,3 +7,4 @@ mod library;
 mod regression;
 mod run;
 mod status;
+mod torture;
