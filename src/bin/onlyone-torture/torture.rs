@@ -38,12 +38,28 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// How long processes of the run may take to die after the final sweep.
 const LEFTOVER_GRACE: Duration = Duration::from_secs(5);
 
+const AFTER_HELP: &str = "\
+Exit status:
+  0    passed
+  1    failed: an overlap, a fencing-token regression or a supervisor exit
+       that no chaos explains, a leaked process, nothing acquired, or
+       fewer acquisitions than --acquisitions within --seconds
+  2    could not run (no onlyone binary, work directory not empty, ...)
+  130  interrupted
+
+The work directory keeps witness.log (ENTER/EXIT/OVERLAP/LATE lines),
+chaos.log (what the chaos did, when) and onlyone.stderr.";
+
 /// Torture-test onlyone: many contenders loop `onlyone run --wait` over one
 /// lock while a chaos thread kills holders and supervisors, stops holders
 /// and deletes the lock file and directory. A witness under the lock
 /// detects any overlap of two holders.
 #[derive(Debug, Parser)]
-#[command(name = "onlyone-torture", args_conflicts_with_subcommands = true)]
+#[command(
+    name = "onlyone-torture",
+    args_conflicts_with_subcommands = true,
+    after_help = AFTER_HELP
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub witness: Option<Hidden>,
