@@ -103,6 +103,8 @@ pub struct Config {
     /// How a witness's command line starts (to pin only witnesses).
     pub witness_prefix: String,
     pub postgres: Option<String>,
+    /// A LIKE pattern for the `application_name` of this run's sessions.
+    pub session_pattern: String,
     /// Mean time between acts; `None` turns chaos off (the log is still
     /// followed, to count acquisitions).
     pub mean_interval: Option<Duration>,
@@ -297,12 +299,17 @@ impl<'a> Chaos<'a> {
     fn terminate_holder_session(&mut self) -> Option<u32> {
         let url = self.config.postgres.as_deref()?;
         let witness = self.holder?.pid;
-        let sql = "SELECT count(pg_terminate_backend(a.pid)) FROM pg_stat_activity a \
-                   JOIN pg_locks l ON l.pid = a.pid \
-                   WHERE a.application_name LIKE 'onlyone:%' \
-                   AND l.locktype = 'advisory' AND l.granted";
+        // The holder is the one session of this run granted an advisory
+        // lock; waiters are in pg_locks too, not granted.
+        let sql = format!(
+            "SELECT count(pg_terminate_backend(a.pid)) FROM pg_stat_activity a \
+             JOIN pg_locks l ON l.pid = a.pid \
+             WHERE a.application_name LIKE '{}' \
+             AND l.locktype = 'advisory' AND l.granted",
+            self.config.session_pattern
+        );
         let output = Command::new("psql")
-            .args(["-XAtq", "-d", url, "-c", sql])
+            .args(["-XAtq", "-d", url, "-c", &sql])
             .output()
             .ok()?;
         let terminated: u64 = String::from_utf8_lossy(&output.stdout)

@@ -18,9 +18,6 @@ use crate::procs;
 use crate::rng::Rng;
 use crate::stop::{Stop, StopReason};
 
-/// The lock every contender fights for.
-pub const LOCK_NAME: &str = "torture";
-
 /// The supervisors alive now: children that have not been reaped, so
 /// their pids (and process groups: each leads its own) are still theirs.
 #[derive(Debug, Default)]
@@ -86,6 +83,8 @@ impl Supervisors {
 #[derive(Debug)]
 pub struct Contenders {
     pub onlyone: PathBuf,
+    /// The lock every contender fights for.
+    pub lock_name: String,
     /// `--dir DIR` or `--postgres URL`.
     pub backend_args: Vec<OsString>,
     /// The witness command, without `--hold-ms`.
@@ -132,7 +131,7 @@ impl Contenders {
     fn spawn_supervisor(&self, hold_ms: u64) -> io::Result<Child> {
         let mut command = Command::new(&self.onlyone);
         command
-            .args(["run", "--name", LOCK_NAME, "--wait", "--quiet"])
+            .args(["run", "--name", &self.lock_name, "--wait", "--quiet"])
             .args(&self.backend_args)
             .arg("--")
             .args(&self.witness)

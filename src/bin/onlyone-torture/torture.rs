@@ -18,7 +18,7 @@ use signal_hook::iterator::Signals;
 
 use crate::analysis::{self, Analysis};
 use crate::chaos::{self, Chaos, Event};
-use crate::contenders::{Contenders, LOCK_NAME, Supervisors};
+use crate::contenders::{Contenders, Supervisors};
 use crate::procs;
 use crate::rng::{self, Rng};
 use crate::stop::{Stop, StopReason};
@@ -278,8 +278,12 @@ fn contend_under_chaos(
         Some(url) => vec!["--postgres".into(), url.into()],
         None => vec!["--dir".into(), paths.lock_dir.clone().into()],
     };
+    // Named after this run, so that runs sharing a database (or a
+    // database's state table) never meet.
+    let lock_name = format!("torture-{}", std::process::id());
     let contenders = Contenders {
         onlyone: onlyone.to_owned(),
+        lock_name: lock_name.clone(),
         backend_args,
         witness,
         max_hold_ms: args.max_hold_ms,
@@ -292,10 +296,11 @@ fn contend_under_chaos(
     };
     let chaos_config = chaos::Config {
         log: paths.log.clone(),
-        lock_file: paths.lock_dir.join(format!("{LOCK_NAME}.lock")),
+        lock_file: paths.lock_dir.join(format!("{lock_name}.lock")),
         lock_dir: paths.lock_dir.clone(),
         witness_prefix,
         postgres: args.postgres.clone(),
+        session_pattern: format!("onlyone:{lock_name}@%"),
         mean_interval: (!args.no_chaos).then(|| Duration::from_millis(args.chaos_ms)),
         target: args.acquisitions,
     };
