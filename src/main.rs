@@ -15,13 +15,18 @@ fn main() -> ExitCode {
             return ExitCode::from(if err.use_stderr() { cli::EXIT_USAGE } else { 0 });
         }
     };
-    logger::init();
+    let (level, format) = cli.log_settings();
+    logger::init(level, format);
     match cli::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             let mut message = format!("onlyone: error: {err}");
             for cause in err.chain().skip(1) {
-                message.push_str(&format!(": {cause}"));
+                // Messages that already quote their cause need it once.
+                let cause = cause.to_string();
+                if !message.contains(&cause) {
+                    message.push_str(&format!(": {cause}"));
+                }
             }
             eprintln!("{message}");
             let code = err

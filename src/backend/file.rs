@@ -125,13 +125,19 @@ impl FileBackend {
             Err(rustix::io::Errno::NOENT) => return Ok(None),
             // A read-only file or filesystem still locks: the record just
             // cannot be written.
-            Err(rustix::io::Errno::ACCESS | rustix::io::Errno::ROFS | rustix::io::Errno::PERM) => {
+            Err(
+                first @ (rustix::io::Errno::ACCESS
+                | rustix::io::Errno::ROFS
+                | rustix::io::Errno::PERM),
+            ) => {
                 let fd = rustix::fs::open(
                     path,
                     OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     mode,
                 )
-                .map_err(|e| open_error(path, e))?;
+                // A file that does not exist and cannot be created: the
+                // first error says why.
+                .map_err(|_| open_error(path, first))?;
                 (fd, false)
             }
             Err(e) => return Err(open_error(path, e)),
@@ -176,7 +182,7 @@ impl FileBackend {
             };
             let lock_file = match lock_exclusive(lock_file, deadline, &path)? {
                 Some(locked) => locked,
-                None => return Ok(Attempt::Held(self.holder(name, &path, &socket_name))),
+                None => return Ok(Attempt::Held(holder_of(&path, &socket_name))),
             };
             if !lock_file.is_at(&path) {
                 // Deleted or replaced between open and lock: that inode
@@ -191,10 +197,10 @@ impl FileBackend {
                     drop(lock_file);
                     match deadline {
                         Wait::No => {
-                            return Ok(Attempt::Held(self.holder(name, &path, &socket_name)));
+                            return Ok(Attempt::Held(holder_of(&path, &socket_name)));
                         }
                         Wait::Until(Some(at)) if Instant::now() >= at => {
-                            return Ok(Attempt::Held(self.holder(name, &path, &socket_name)));
+                            return Ok(Attempt::Held(holder_of(&path, &socket_name)));
                         }
                         // Give the holder a moment to take its restored
                         // file, then block on that file's lock.
@@ -219,39 +225,38 @@ impl FileBackend {
             )))));
         }
     }
+}
 
-    /// Who holds `name`, found without taking the lock.
-    fn holder(&self, name: &LockName, path: &Path, socket_name: &[u8]) -> Holder {
-        let _ = name;
-        let mut pids = Vec::new();
-        if let Ok(SocketProbe::Held(Some(pid))) = HolderSocket::probe(socket_name) {
+/// Who holds the lock of `path` (and its socket), found without taking it.
+fn holder_of(path: &Path, socket_name: &[u8]) -> Holder {
+    let mut pids = Vec::new();
+    if let Ok(SocketProbe::Held(Some(pid))) = HolderSocket::probe(socket_name) {
+        pids.push(pid);
+    }
+    let (record, flock_pids) = read_lock_file(path);
+    for pid in flock_pids {
+        if !pids.contains(&pid) {
             pids.push(pid);
         }
-        let (record, flock_pids) = read_lock_file(path);
-        for pid in flock_pids {
-            if !pids.contains(&pid) {
-                pids.push(pid);
-            }
-        }
-        let mut holder = Holder {
-            record,
-            pids,
-            detail: None,
-        };
-        if let Some(record) = &holder.record
-            && !holder.pids.is_empty()
-            && !holder.pids.contains(&record.pid)
-        {
-            // The current holder could not write its record; what the file
-            // says is a previous holder's.
-            holder.detail = Some(format!(
-                "the lock file's record names pid {}, an earlier holder",
-                record.pid
-            ));
-            holder.record = None;
-        }
-        holder
     }
+    let mut holder = Holder {
+        record,
+        pids,
+        detail: None,
+    };
+    if let Some(record) = &holder.record
+        && !holder.pids.is_empty()
+        && !holder.pids.contains(&record.pid)
+    {
+        // The current holder could not write its record; what the file
+        // says is a previous holder's.
+        holder.detail = Some(format!(
+            "the lock file's record names pid {}, an earlier holder",
+            record.pid
+        ));
+        holder.record = None;
+    }
+    holder
 }
 
 /// Reads the record and the kernel's flock holders of the file at `path`,
@@ -479,7 +484,7 @@ impl Backend for FileBackend {
         let (record, flock_pids) = read_lock_file(&path);
         let held = socket_pid.is_some() || !flock_pids.is_empty();
         let last_token = record.as_ref().map(|r| r.token);
-        let holder = held.then(|| self.holder(name, &path, &socket_name));
+        let holder = held.then(|| holder_of(&path, &socket_name));
         Ok(Status {
             name: name.to_string(),
             location: path.display().to_string(),
@@ -500,11 +505,100 @@ impl Backend for FileBackend {
             .filter_map(|entry| {
                 let file_name = entry.ok()?.file_name();
                 let stem = file_name.to_str()?.strip_suffix(".lock")?;
-                LockName::new(stem).ok()
+                LockName::from_stored(stem)
             })
             .collect();
         names.sort();
         names.iter().map(|name| self.status(name)).collect()
+    }
+
+    fn acquire_any(
+        &self,
+        names: &[LockName],
+        command: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<Attempt> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            // Watch before trying, so that a release between a failed try
+            // and the wait still wakes us.
+            let watch = self
+                .prepare_dir()
+                .ok()
+                .and_then(|_| sys::DirWatch::new(&self.dir));
+            let mut first_holder = None;
+            for name in names {
+                match self.try_acquire(name, command)? {
+                    Attempt::Acquired(guard) => return Ok(Attempt::Acquired(guard)),
+                    Attempt::Held(holder) => {
+                        first_holder.get_or_insert(holder);
+                    }
+                }
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Ok(Attempt::Held(first_holder.unwrap_or_default()));
+            }
+            let nap = left.unwrap_or(Duration::MAX).min(Duration::from_secs(1));
+            match &watch {
+                Some(watch) => watch.wait(nap),
+                None => thread::sleep(nap.min(Duration::from_millis(50))),
+            }
+        }
+    }
+
+    fn stop_holder(&self, name: &LockName, signal: i32) -> Result<bool> {
+        let status = self.status(name)?;
+        if !status.held {
+            return Ok(false);
+        }
+        let holder = status.holder.unwrap_or_default();
+        // Only a process that the kernel names as the holder, whose record
+        // matches it down to its start time, is signalled: never a pid
+        // from a stale record, never a process found by its name.
+        let verified = holder.record.as_ref().filter(|record| {
+            holder.pids.contains(&record.pid) && record.process_is_running_here() == Some(true)
+        });
+        let Some(record) = verified else {
+            return Err(Error::unsafe_(format!(
+                "cannot identify the holder of lock '{name}' safely ({holder}); stop it by hand"
+            )));
+        };
+        if signal == libc::SIGKILL {
+            // A killed supervisor cannot pass the signal on: kill its
+            // command's process group first.
+            for child in sys::children_of(record.pid) {
+                if sys::process_group_of(child) == Some(child) {
+                    let _ = sys::signal_group(child, signal);
+                }
+            }
+        }
+        sys::signal_process(record.pid, signal).map_err(|e| {
+            Error::unavailable(format!("cannot signal pid {}", record.pid)).with_source(e)
+        })?;
+        Ok(true)
+    }
+
+    fn wait_free(&self, name: &LockName, timeout: Option<Duration>) -> Result<bool> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let watch = sys::DirWatch::new(&self.dir);
+        loop {
+            if !self.status(name)?.held {
+                return Ok(true);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Ok(false);
+            }
+            // A release closes the lock file, which wakes the watch at once;
+            // the periodic re-check only covers a holder that unlocks
+            // without closing (flock -u) or a deleted directory.
+            let nap = left.unwrap_or(Duration::MAX).min(Duration::from_secs(1));
+            match &watch {
+                Some(watch) => watch.wait(nap),
+                None => thread::sleep(nap.min(Duration::from_millis(50))),
+            }
+        }
     }
 }
 

@@ -77,13 +77,7 @@ pub enum SocketProbe {
 impl HolderSocket {
     /// Binds the socket named `name`; `Ok(None)` when another process has it.
     pub fn bind(name: &[u8]) -> io::Result<Option<HolderSocket>> {
-        let addr = SocketAddrUnix::new_abstract_name(name)?;
-        let fd = socket_with(
-            AddressFamily::UNIX,
-            SocketType::STREAM,
-            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-            None,
-        )?;
+        let (fd, addr) = unix_socket(name)?;
         match bind(&fd, &addr) {
             Ok(()) => {}
             Err(rustix::io::Errno::ADDRINUSE) => return Ok(None),
@@ -106,13 +100,7 @@ impl HolderSocket {
 
     /// Asks whether someone listens on the socket `name`, without binding it.
     pub fn probe(name: &[u8]) -> io::Result<SocketProbe> {
-        let addr = SocketAddrUnix::new_abstract_name(name)?;
-        let fd = socket_with(
-            AddressFamily::UNIX,
-            SocketType::STREAM,
-            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-            None,
-        )?;
+        let (fd, addr) = unix_socket(name)?;
         match connect(&fd, &addr) {
             Ok(()) => {
                 let pid = sockopt::socket_peercred(&fd)
@@ -126,6 +114,18 @@ impl HolderSocket {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// A non-blocking stream socket, and the abstract address `name`.
+fn unix_socket(name: &[u8]) -> io::Result<(OwnedFd, SocketAddrUnix)> {
+    let addr = SocketAddrUnix::new_abstract_name(name)?;
+    let fd = socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    Ok((fd, addr))
 }
 
 /// In a freshly forked child: ask the kernel to kill us with SIGKILL when
@@ -168,6 +168,65 @@ pub fn refuse_network_fs(dir: &std::path::Path) -> crate::Result<()> {
         "refusing a lock directory on {name}: file locks there may not exclude other machines; use a local directory, or --postgres across machines"
     ))
     .with_path(dir))
+}
+
+/// Wakes up when files in a directory are closed, deleted or renamed
+/// (inotify): how a waiter learns that a lock may have been released
+/// without taking it.
+#[derive(Debug)]
+pub struct DirWatch(OwnedFd);
+
+impl DirWatch {
+    /// Watches `dir`; `None` when inotify is not available.
+    pub fn new(dir: &std::path::Path) -> Option<DirWatch> {
+        use rustix::fs::inotify;
+        let fd =
+            inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK).ok()?;
+        let events = inotify::WatchFlags::CLOSE_WRITE
+            | inotify::WatchFlags::CLOSE_NOWRITE
+            | inotify::WatchFlags::DELETE
+            | inotify::WatchFlags::MOVED_FROM
+            | inotify::WatchFlags::MOVED_TO
+            | inotify::WatchFlags::DELETE_SELF;
+        inotify::add_watch(&fd, dir, events).ok()?;
+        Some(DirWatch(fd))
+    }
+
+    /// Waits for the next event or `timeout`, then discards what arrived.
+    pub fn wait(&self, timeout: std::time::Duration) {
+        let mut poll = [rustix::event::PollFd::new(
+            &self.0,
+            rustix::event::PollFlags::IN,
+        )];
+        let timeout = rustix::time::Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        let _ = rustix::event::poll(&mut poll, Some(&timeout));
+        let mut buf = [0u8; 4096];
+        while matches!(rustix::io::read(&self.0, &mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+/// The pids of the children of `pid` (from `/proc/PID/task/*/children`).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| fs::read_to_string(task.ok()?.path().join("children")).ok())
+        .flat_map(|children| {
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Makes orphaned descendants our children instead of init's.
+pub fn become_subreaper() {
+    let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
 }
 
 #[cfg(test)]

@@ -63,3 +63,26 @@ pub fn default_temp_dir() -> std::path::PathBuf {
 pub fn refuse_network_fs(_dir: &std::path::Path) -> crate::Result<()> {
     Ok(())
 }
+
+/// Without inotify, a waiter re-checks at a fixed interval.
+#[derive(Debug)]
+pub struct DirWatch(());
+
+impl DirWatch {
+    /// Always available: it only sleeps.
+    pub fn new(_dir: &std::path::Path) -> Option<DirWatch> {
+        Some(DirWatch(()))
+    }
+    /// Sleeps a short while.
+    pub fn wait(&self, timeout: std::time::Duration) {
+        std::thread::sleep(timeout.min(std::time::Duration::from_millis(50)));
+    }
+}
+
+/// Not available without /proc.
+pub fn children_of(_pid: u32) -> Vec<u32> {
+    Vec::new()
+}
+
+/// Not available: orphans go to init.
+pub fn become_subreaper() {}

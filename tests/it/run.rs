@@ -155,7 +155,7 @@ fn sigterm_kills_a_command_that_does_not_handle_it_and_gives_143() {
 #[test]
 fn wait_takes_the_lock_when_the_holder_exits() {
     let env = TestEnv::new();
-    let holder = env.hold("bot", "echo ready; read line");
+    let holder = env.hold_sleeping("bot");
     let mut waiter = env.start(&[
         "run", "--name", "bot", "--wait", "--", "sh", "-c", "echo ran",
     ]);
@@ -250,4 +250,31 @@ pub fn hostname() -> String {
         .unwrap()
         .trim()
         .to_owned()
+}
+
+/// On a terminal the command runs in its own process group, which would be
+/// stopped (SIGTTIN) on reading the terminal unless it is handed the
+/// foreground. script(1) gives the run a pseudo-terminal.
+#[test]
+fn interactive_command_can_read_the_terminal() {
+    use std::io::Write;
+    let env = TestEnv::new();
+    let run = format!(
+        "ONLYONE_DIR={} {} run --name tty -- sh -c 'read x; echo got $x'",
+        env.lock_dir().display(),
+        env!("CARGO_BIN_EXE_onlyone")
+    );
+    let mut script = crate::util::Running::spawn(
+        std::process::Command::new("script")
+            .args(["-qec", &run, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
+    let mut stdin = script.child.stdin.take().unwrap();
+    stdin.write_all(b"hello\n").unwrap();
+    script.expect_stdout_line("got hello");
+    drop(stdin);
+    let (status, _, _) = script.finish();
+    assert_eq!(code(status), 0);
 }

@@ -110,6 +110,19 @@ impl Running {
         self.stdout.expect_line(|line| line == expected, expected);
     }
 
+    /// Waits for a stdout line equal to `expected`: true when it came, false
+    /// when stdout closed first (the process exited without printing it).
+    pub fn try_expect_stdout_line(&mut self, expected: &str) -> bool {
+        loop {
+            match self.stdout.lines.recv_timeout(EVENT_TIMEOUT) {
+                Ok(line) if line == expected => return true,
+                Ok(line) => self.stdout.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+                Err(err) => panic!("no line {expected:?} ({err})"),
+            }
+        }
+    }
+
     /// Waits for a stderr line containing `fragment`; returns the line.
     pub fn expect_stderr_containing(&mut self, fragment: &str) -> String {
         self.stderr
@@ -128,10 +141,25 @@ impl Running {
         (status, self.stdout.rest(), self.stderr.rest())
     }
 
-    /// Kills the process (SIGKILL) and reaps it.
+    /// Kills the process (SIGKILL), reaps it, and waits until its own
+    /// children (the supervised command, which the kernel kills when its
+    /// supervisor dies) have exited too.
     pub fn kill(mut self) {
+        let children = children_of(self.pid());
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for child in children {
+            wait_for_exit(child);
+        }
+    }
+
+    /// Kills the process and its children (for programs whose children do
+    /// not die with them, such as flock(1)).
+    pub fn kill_tree(self) {
+        for child in children_of(self.pid()) {
+            signal_pid(child, libc::SIGKILL);
+        }
+        self.kill();
     }
 }
 
@@ -250,4 +278,43 @@ pub fn pid_alive(pid: u32) -> bool {
                     .starts_with('Z')
             })
             .unwrap_or(true)
+}
+
+/// The children of `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Waits until process `pid` (not necessarily our child) has exited and its
+/// descriptors are closed: a pidfd becomes readable then.
+pub fn wait_for_exit(pid: u32) {
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
+        return;
+    };
+    let Ok(pidfd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
+        return; // already gone
+    };
+    let mut poll = [rustix::event::PollFd::new(
+        &pidfd,
+        rustix::event::PollFlags::IN,
+    )];
+    let timeout = rustix::time::Timespec {
+        tv_sec: EVENT_TIMEOUT.as_secs() as i64,
+        tv_nsec: 0,
+    };
+    let ready = rustix::event::poll(&mut poll, Some(&timeout)).unwrap_or(0);
+    assert_eq!(
+        ready, 1,
+        "process {pid:?} did not exit within {EVENT_TIMEOUT:?}"
+    );
 }

@@ -1,0 +1,408 @@
+//! Operating it: --replace, --restart, stop, wait, completions, man page,
+//! log flags.
+
+use std::fs;
+use std::process::{Command, Stdio};
+
+use crate::util::{Running, TestEnv, code, pid_alive, stderr};
+
+/// A process that looks exactly like the holder's command, but is not it.
+fn decoy() -> Running {
+    let mut decoy = Running::spawn(
+        Command::new("sh")
+            .args(["-c", "echo ready; exec sleep 1000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    decoy.expect_stdout_line("ready");
+    decoy
+}
+
+#[test]
+fn replace_stops_the_holder_and_never_a_lookalike() {
+    let env = TestEnv::new();
+    let decoy = decoy();
+    let holder = env.hold_sleeping("bot");
+    let out = env.run(&[
+        "run",
+        "--name",
+        "bot",
+        "--replace",
+        "--",
+        "sh",
+        "-c",
+        "echo new $ONLYONE_TOKEN",
+    ]);
+    assert_eq!(code(out.status), 0, "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "new 2\n");
+    assert!(stderr(&out).contains("onlyone: replacing the holder of lock 'bot': pid"));
+    let (status, _, _) = holder.finish();
+    assert_eq!(code(status), 143, "the old holder got SIGTERM");
+    assert!(pid_alive(decoy.pid()), "the lookalike keeps running");
+}
+
+#[test]
+fn replace_kills_a_holder_that_ignores_sigterm() {
+    let env = TestEnv::new();
+    let holder = env.hold(
+        "bot",
+        "trap '' TERM; echo ready; while :; do sleep 0.01; done",
+    );
+    let out = env.run(&[
+        "run",
+        "--name",
+        "bot",
+        "--replace",
+        "--kill-grace",
+        "200ms",
+        "--",
+        "echo",
+        "new",
+    ]);
+    assert_eq!(code(out.status), 0, "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "new\n");
+    let (status, _, _) = holder.finish();
+    assert_eq!(code(status), 137);
+}
+
+#[test]
+fn replace_on_a_free_lock_just_runs() {
+    let env = TestEnv::new();
+    let out = env.run(&["run", "--name", "bot", "--replace", "--", "true"]);
+    assert_eq!(code(out.status), 0, "{}", stderr(&out));
+}
+
+#[test]
+fn restart_on_failure_keeps_the_lock_until_success() {
+    let env = TestEnv::new();
+    let count = env.path("count");
+    let script = format!(
+        "n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; echo run $n token $ONLYONE_TOKEN; [ $n -ge 3 ]",
+        c = count.display()
+    );
+    let out = env.run(&[
+        "run",
+        "--name",
+        "bot",
+        "--restart",
+        "on-failure",
+        "--restart-delay",
+        "10ms",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(code(out.status), 0, "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "run 1 token 1\nrun 2 token 1\nrun 3 token 1\n",
+        "one acquisition, three runs"
+    );
+    assert_eq!(stderr(&out).matches("restarting it in").count(), 2);
+}
+
+#[test]
+fn restart_always_stops_on_sigterm() {
+    let env = TestEnv::new();
+    let mut holder = env.start(&[
+        "run",
+        "--name",
+        "bot",
+        "--restart",
+        "always",
+        "--restart-delay",
+        "10ms",
+        "--",
+        "sh",
+        "-c",
+        "echo ready; exec sleep 1000",
+    ]);
+    holder.expect_stdout_line("ready");
+    holder.signal(libc::SIGTERM);
+    let (status, stdout, _) = holder.finish();
+    assert_eq!(code(status), 143);
+    assert_eq!(stdout, "", "not restarted after SIGTERM");
+}
+
+#[test]
+fn sigterm_during_the_restart_delay_stops_at_once() {
+    let env = TestEnv::new();
+    let mut holder = env.start(&[
+        "run",
+        "--name",
+        "bot",
+        "--restart",
+        "on-failure",
+        "--restart-delay",
+        "1h",
+        "--",
+        "sh",
+        "-c",
+        "echo ran; exit 3",
+    ]);
+    holder.expect_stdout_line("ran");
+    holder.expect_stderr_containing("restarting it in 1h");
+    holder.signal(libc::SIGTERM);
+    let (status, stdout, _) = holder.finish();
+    assert_eq!(code(status), 3);
+    assert_eq!(stdout, "");
+}
+
+#[test]
+fn stop_ends_the_holder_and_reports_free() {
+    let env = TestEnv::new();
+    let decoy = decoy();
+    let holder = env.hold_sleeping("bot");
+    let out = env.run(&["stop", "bot"]);
+    assert_eq!(code(out.status), 0, "{}", stderr(&out));
+    let (status, _, _) = holder.finish();
+    assert_eq!(code(status), 143);
+    assert!(pid_alive(decoy.pid()));
+
+    let again = env.run(&["stop", "bot"]);
+    assert_eq!(code(again.status), 3);
+    assert_eq!(stderr(&again), "onlyone: lock 'bot' is free already\n");
+}
+
+#[test]
+fn stop_times_out_with_75_when_the_holder_does_not_stop() {
+    let env = TestEnv::new();
+    let _holder = env.hold(
+        "bot",
+        "trap '' TERM; echo ready; while :; do sleep 0.01; done",
+    );
+    let out = env.run(&["stop", "bot", "--timeout", "200ms"]);
+    assert_eq!(code(out.status), 75, "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "onlyone: lock 'bot' is still held after 200ms\n"
+    );
+    let killed = env.run(&["stop", "bot", "--signal", "KILL"]);
+    assert_eq!(code(killed.status), 0, "{}", stderr(&killed));
+}
+
+#[test]
+fn stop_refuses_a_holder_it_cannot_identify() {
+    let env = TestEnv::new();
+    fs::create_dir(env.lock_dir()).unwrap();
+    fs::write(env.lock_file("bot"), b"").unwrap();
+    let mut flock = Running::spawn(
+        Command::new("flock")
+            .arg(env.lock_file("bot"))
+            .args(["sh", "-c", "echo ready; exec sleep 1000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    flock.expect_stdout_line("ready");
+    let out = env.run(&["stop", "bot"]);
+    assert_eq!(code(out.status), 77, "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot identify the holder of lock 'bot' safely"));
+    assert!(pid_alive(flock.pid()));
+    flock.kill_tree();
+}
+
+#[test]
+fn wait_returns_when_the_lock_is_free() {
+    let env = TestEnv::new();
+    let free = env.run(&["wait", "bot"]);
+    assert_eq!(code(free.status), 0);
+
+    let holder = env.hold_sleeping("bot");
+    let timed_out = env.run(&["wait", "bot", "--timeout", "100ms"]);
+    assert_eq!(code(timed_out.status), 75);
+
+    let waiter = env.start(&["wait", "bot"]);
+    holder.kill();
+    let (status, _, _) = waiter.finish();
+    assert_eq!(code(status), 0);
+    // Waiting never took the lock.
+    let out = env.run(&["status", "bot"]);
+    assert_eq!(code(out.status), 3);
+}
+
+#[test]
+fn completions_and_man_page() {
+    let env = TestEnv::new();
+    let bash = env.run(&["completions", "bash"]);
+    assert_eq!(code(bash.status), 0);
+    assert!(String::from_utf8_lossy(&bash.stdout).contains("_onlyone()"));
+    let man = env.run(&["man"]);
+    assert_eq!(code(man.status), 0);
+    assert!(String::from_utf8_lossy(&man.stdout).starts_with(".ie \\n(.g .ds Aq"));
+    assert!(String::from_utf8_lossy(&man.stdout).contains(".TH onlyone 1"));
+}
+
+#[test]
+fn json_logs_on_stderr() {
+    let env = TestEnv::new();
+    let out = env.run(&[
+        "-v",
+        "--log-format",
+        "json",
+        "run",
+        "--name",
+        "bot",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(out.status), 0);
+    let line: serde_json::Value =
+        serde_json::from_str(stderr(&out).lines().next().unwrap()).unwrap();
+    assert_eq!(line["level"], "info");
+    assert_eq!(line["message"], "acquired lock 'bot' (token 1)");
+}
+
+#[test]
+fn quiet_and_verbose_conflict() {
+    let env = TestEnv::new();
+    let out = env.run(&["-q", "-v", "status"]);
+    assert_eq!(code(out.status), 64);
+}
+
+#[test]
+fn max_three_with_ten_starters_runs_exactly_three() {
+    let env = TestEnv::new();
+    let ran = env.path("ran");
+    let script = format!(
+        "echo \"$ONLYONE_SLOT $ONLYONE_TOKEN\" >> {}; echo ready; exec sleep 1000",
+        ran.display()
+    );
+    let mut running = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10 {
+        let mut starter = env.start(&[
+            "run", "--name", "pool", "--max", "3", "--", "sh", "-c", &script,
+        ]);
+        // Either the command starts (ready) or onlyone refuses (exit 75).
+        match starter.child.try_wait().unwrap() {
+            Some(status) => {
+                assert_eq!(code(status), 75);
+                refused += 1;
+            }
+            None => running.push(starter),
+        }
+    }
+    // Those still running either hold a slot or are about to exit 75.
+    let mut holders = Vec::new();
+    for mut starter in running {
+        if starter.try_expect_stdout_line("ready") {
+            holders.push(starter);
+        } else {
+            let (status, _, _) = starter.finish();
+            assert_eq!(code(status), 75);
+            refused += 1;
+        }
+    }
+    assert_eq!(holders.len(), 3);
+    assert_eq!(refused, 7);
+    let mut slots: Vec<String> = fs::read_to_string(&ran)
+        .unwrap()
+        .lines()
+        .map(|line| line.to_owned())
+        .collect();
+    slots.sort();
+    assert_eq!(slots, ["1 1", "2 1", "3 1"]);
+
+    let status = env.run(&["status", "pool"]);
+    assert_eq!(code(status.status), 0);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(text.matches(": held by pid").count(), 3, "{text}");
+
+    let refused = env.run(&["run", "--name", "pool", "--max", "3", "--", "true"]);
+    assert_eq!(code(refused.status), 75);
+    assert!(
+        stderr(&refused).starts_with("onlyone: all 3 slots of lock 'pool' are held; slot 1 by pid")
+    );
+}
+
+#[test]
+fn max_waiter_takes_the_first_slot_freed() {
+    let env = TestEnv::new();
+    let first = env.start(&[
+        "run",
+        "--name",
+        "pool",
+        "--max",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "echo ready; exec sleep 1000",
+    ]);
+    let mut first = first;
+    first.expect_stdout_line("ready");
+    let mut second = env.start(&[
+        "run",
+        "--name",
+        "pool",
+        "--max",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "echo ready; exec sleep 1000",
+    ]);
+    second.expect_stdout_line("ready");
+    let mut waiter = env.start(&[
+        "run",
+        "--name",
+        "pool",
+        "--max",
+        "2",
+        "--wait",
+        "--",
+        "sh",
+        "-c",
+        "echo slot $ONLYONE_SLOT",
+    ]);
+    waiter.expect_stderr_containing("onlyone: waiting for lock 'pool'");
+    second.kill();
+    waiter.expect_stdout_line("slot 2");
+    let (status, _, _) = waiter.finish();
+    assert_eq!(code(status), 0);
+}
+
+/// The systemd recipe is a valid unit (systemd-analyze verify), once its
+/// ExecStart points at this build.
+#[test]
+fn systemd_recipe_is_a_valid_unit() {
+    let env = TestEnv::new();
+    let recipe = include_str!("../../docs/recipes/report.service");
+    let unit = recipe
+        .replace("/usr/local/bin/onlyone", env!("CARGO_BIN_EXE_onlyone"))
+        .replace("/usr/local/bin/report", "/bin/true");
+    let path = env.path("report.service");
+    fs::write(&path, unit).unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is needed for this test");
+    let text = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success(), "{text}");
+    assert!(!text.contains("report.service:"), "{text}");
+}
+
+/// The cron recipe's line, run twice while the first still runs: the
+/// second exits 0 and prints nothing.
+#[test]
+fn cron_recipe_exits_0_quietly_when_already_running() {
+    let env = TestEnv::new();
+    let recipe = include_str!("../../docs/recipes/crontab");
+    let line = recipe.lines().find(|line| line.starts_with("*/5")).unwrap();
+    let command = line
+        .splitn(6, ' ')
+        .nth(5)
+        .unwrap()
+        .replace("/usr/local/bin/onlyone", env!("CARGO_BIN_EXE_onlyone"));
+    let _holder = env.hold_sleeping("sync");
+    let out = Command::new("sh")
+        .args(["-c", &command])
+        .env("ONLYONE_DIR", env.lock_dir())
+        .output()
+        .unwrap();
+    assert_eq!(code(out.status), 0);
+    assert_eq!(stderr(&out), "");
+    assert!(out.stdout.is_empty());
+}
