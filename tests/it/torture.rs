@@ -62,6 +62,47 @@ fn two_thousand_acquisitions_under_chaos_never_overlap() {
     assert_eq!(summary["passed"], true, "{table}");
 }
 
+/// The PostgreSQL mode, short: holders' sessions terminated, holders'
+/// commands killed. Every unclean loss makes the next holder wait the
+/// lock-delay (3.5 s with these timings), so it is slow by design: this only
+/// checks that the mode works and that nothing overlaps.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_mode_under_chaos_never_overlaps() {
+    let env = TestEnv::new();
+    let summary_path = env.path("summary.json");
+    let mut torture = Command::new(env!("CARGO_BIN_EXE_onlyone-torture"));
+    torture
+        .args(["--seconds=20", "--chaos-ms=700", "--max-hold-ms=1000"])
+        .arg("--chaos=session-termination,holder-sigkill")
+        .args(["--postgres", &crate::postgres_lib::url()])
+        // The timings of tests/it/postgres_run.rs: a lock-delay of 3.5 s.
+        .args([
+            "--onlyone-arg=--heartbeat=100ms",
+            "--onlyone-arg=--kill-grace=300ms",
+        ])
+        .arg("--onlyone-arg=--lock-delay=2s")
+        .arg("--onlyone")
+        .arg(env!("CARGO_BIN_EXE_onlyone"))
+        .arg("--work")
+        .arg(env.path("work"))
+        .arg("--summary")
+        .arg(&summary_path);
+    let output = output_within(&mut torture, WATCHDOG);
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(code(output.status), 0, "{table}{}", stderr(&output));
+
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&summary_path).unwrap()).unwrap();
+    assert_eq!(summary["overlaps"], 0, "{table}");
+    assert_eq!(summary["backend"], "postgres", "{table}");
+    assert!(summary["acquisitions"].as_u64() > Some(0), "{table}");
+    assert!(
+        summary["chaos"]["session_terminations"].as_u64() > Some(0),
+        "{table}"
+    );
+}
+
 /// Found by the torture run: a cleanup script that deletes the lock
 /// directory just as a starter makes it (or opens the file in it) made
 /// `onlyone run` fail with 69 ("cannot read the lock directory: No such

@@ -123,9 +123,9 @@ fn entries(lines: &[Line]) -> Vec<Entry> {
 
 /// Kill times by target pid, sorted.
 struct Kills {
-    /// Kills of a witness (its pid), including the termination of its session.
+    /// Kills of a witness (its pid).
     of_witness: HashMap<u32, Vec<u64>>,
-    /// Kills of a supervisor (its pid).
+    /// Kills of a supervisor (its pid), and terminations of its session.
     of_supervisor: HashMap<u32, Vec<u64>>,
 }
 
@@ -137,10 +137,10 @@ impl Kills {
         };
         for event in events {
             let map = match event.kind {
-                Kind::HolderSigkill | Kind::SessionTermination => &mut kills.of_witness,
-                Kind::HolderSupervisorSigkill | Kind::RandomSupervisorSigkill => {
-                    &mut kills.of_supervisor
-                }
+                Kind::HolderSigkill => &mut kills.of_witness,
+                Kind::HolderSupervisorSigkill
+                | Kind::RandomSupervisorSigkill
+                | Kind::SessionTermination => &mut kills.of_supervisor,
                 _ => continue,
             };
             // The time before the act: a handoff is never measured shorter

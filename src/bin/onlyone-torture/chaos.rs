@@ -22,7 +22,7 @@ const FOLLOW_TICK: Duration = Duration::from_millis(5);
 /// How long a stopped holder stays stopped: a few ms to 100 ms.
 const STOP_MS: (u64, u64) = (2, 100);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
     /// SIGKILL of the holder's command (the witness).
     HolderSigkill,
@@ -33,9 +33,12 @@ pub enum Kind {
     RandomSupervisorSigkill,
     /// SIGSTOP of the holder's command, SIGCONT a little later.
     HolderSigstop,
+    /// Deletion of the lock file.
     LockFileDeletion,
+    /// Deletion of the whole lock directory.
     LockDirDeletion,
-    /// `pg_terminate_backend` of the holder's session.
+    /// `pg_terminate_backend` of the holder's session (its supervisor then
+    /// stops its command).
     SessionTermination,
 }
 
@@ -73,8 +76,8 @@ impl Kind {
 }
 
 /// One thing the chaos thread did. `pid` is whom it hit: the witness for
-/// holder kinds, the supervisor for supervisor kinds, nobody (0) for
-/// deletions. `t_before`/`t_after` bracket the act (monotonic ns).
+/// SIGKILL and SIGSTOP of the holder, the supervisor for supervisor kills
+/// and session terminations, nobody (0) for deletions. `t_before`/`t_after` bracket the act (monotonic ns).
 #[derive(Clone, Debug)]
 pub struct Event {
     pub kind: Kind,
@@ -108,6 +111,8 @@ pub struct Config {
     /// Mean time between acts; `None` turns chaos off (the log is still
     /// followed, to count acquisitions).
     pub mean_interval: Option<Duration>,
+    /// The kinds of chaos to choose from; empty: all that apply.
+    pub kinds: Vec<Kind>,
     /// Stop the run once this many holders have entered.
     pub target: Option<u64>,
 }
@@ -211,7 +216,8 @@ impl<'a> Chaos<'a> {
         let weights: Vec<u64> = Kind::ALL
             .iter()
             .map(|kind| {
-                if kind.needs_holder() && self.holder.is_none() {
+                let chosen = self.config.kinds.is_empty() || self.config.kinds.contains(kind);
+                if !chosen || (kind.needs_holder() && self.holder.is_none()) {
                     0
                 } else {
                     kind.weight(postgres)
@@ -293,33 +299,33 @@ impl<'a> Chaos<'a> {
         });
     }
 
-    /// Terminates the server session of the current holder. Hook for the
-    /// PostgreSQL mode: holder sessions are found by their application name
-    /// and their granted advisory lock.
+    /// Terminates the server session of the current holder; returns the
+    /// pid of its supervisor, which onlyone puts at the end of the
+    /// session's `application_name` (`onlyone:<name>@<host>:<pid>`).
     fn terminate_holder_session(&mut self) -> Option<u32> {
         let url = self.config.postgres.as_deref()?;
-        let witness = self.holder?.pid;
         // The holder is the one session of this run granted an advisory
-        // lock; waiters are in pg_locks too, not granted.
+        // lock (waiters are in pg_locks too, not granted). The select list
+        // is only evaluated for rows that pass the WHERE clause.
         let sql = format!(
-            "SELECT count(pg_terminate_backend(a.pid)) FROM pg_stat_activity a \
-             JOIN pg_locks l ON l.pid = a.pid \
+            "SELECT pg_terminate_backend(a.pid), a.application_name \
+             FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid \
              WHERE a.application_name LIKE '{}' \
              AND l.locktype = 'advisory' AND l.granted",
             self.config.session_pattern
         );
         let output = Command::new("psql")
             .args(["-XAtq", "-d", url, "-c", &sql])
+            .stdin(std::process::Stdio::null())
             .output()
             .ok()?;
-        let terminated: u64 = String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse()
-            .ok()?;
-        (terminated > 0).then(|| {
-            self.holder = None;
-            witness
-        })
+        // Lines of "t|onlyone:torture-1@host:4242" for each session ended.
+        let supervisor = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| line.strip_prefix("t|"))
+            .find_map(|name| name.rsplit(':').next()?.parse().ok())?;
+        self.holder = None;
+        Some(supervisor)
     }
 }
 

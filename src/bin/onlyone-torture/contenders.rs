@@ -85,8 +85,9 @@ pub struct Contenders {
     pub onlyone: PathBuf,
     /// The lock every contender fights for.
     pub lock_name: String,
-    /// `--dir DIR` or `--postgres URL`.
-    pub backend_args: Vec<OsString>,
+    /// `--dir DIR` or `--postgres URL`, and any more arguments for
+    /// `onlyone run`.
+    pub run_args: Vec<OsString>,
     /// The witness command, without `--hold-ms`.
     pub witness: Vec<OsString>,
     pub max_hold_ms: u64,
@@ -132,7 +133,7 @@ impl Contenders {
         let mut command = Command::new(&self.onlyone);
         command
             .args(["run", "--name", &self.lock_name, "--wait", "--quiet"])
-            .args(&self.backend_args)
+            .args(&self.run_args)
             .arg("--")
             .args(&self.witness)
             .args(["--hold-ms", &hold_ms.to_string()])

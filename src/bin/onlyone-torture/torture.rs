@@ -111,6 +111,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS", default_value_t = 20)]
     chaos_ms: u64,
 
+    /// Only these kinds of chaos (comma-separated) [default: all that
+    /// apply to the backend]
+    #[arg(long, value_name = "KINDS", value_delimiter = ',')]
+    chaos: Vec<chaos::Kind>,
+
     /// No chaos at all (a baseline for the handoff latency)
     #[arg(long)]
     no_chaos: bool,
@@ -124,6 +129,11 @@ pub struct RunArgs {
     /// deleting files
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
+
+    /// One more argument for every `onlyone run`, before its `--`
+    /// (repeatable): with --postgres, say --onlyone-arg=--heartbeat=200ms
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    onlyone_arg: Vec<String>,
 }
 
 /// Where a run keeps its files. The lock directory is the one the chaos
@@ -214,7 +224,8 @@ fn onlyone_binary(args: &RunArgs) -> anyhow::Result<PathBuf> {
 }
 
 /// Refuses `--postgres` with an onlyone built without that backend, which
-/// would fail every attempt with a usage error.
+/// would fail every attempt with a usage error, or without `psql`, which
+/// the chaos needs to terminate sessions.
 fn check_backend_support(onlyone: &Path, args: &RunArgs) -> anyhow::Result<()> {
     if args.postgres.is_none() {
         return Ok(());
@@ -225,6 +236,9 @@ fn check_backend_support(onlyone: &Path, args: &RunArgs) -> anyhow::Result<()> {
             "{} has no --postgres flag (built without the PostgreSQL backend?)",
             onlyone.display()
         );
+    }
+    if Command::new("psql").arg("--version").output().is_err() {
+        bail!("--postgres needs psql on PATH, to terminate holder sessions");
     }
     Ok(())
 }
@@ -274,17 +288,18 @@ fn contend_under_chaos(
         torture.display(),
         paths.witness.display()
     );
-    let backend_args: Vec<OsString> = match &args.postgres {
+    let mut run_args: Vec<OsString> = match &args.postgres {
         Some(url) => vec!["--postgres".into(), url.into()],
         None => vec!["--dir".into(), paths.lock_dir.clone().into()],
     };
+    run_args.extend(args.onlyone_arg.iter().map(OsString::from));
     // Named after this run, so that runs sharing a database (or a
     // database's state table) never meet.
     let lock_name = format!("torture-{}", std::process::id());
     let contenders = Contenders {
         onlyone: onlyone.to_owned(),
         lock_name: lock_name.clone(),
-        backend_args,
+        run_args,
         witness,
         max_hold_ms: args.max_hold_ms,
         stderr: OpenOptions::new()
@@ -302,6 +317,7 @@ fn contend_under_chaos(
         postgres: args.postgres.clone(),
         session_pattern: format!("onlyone:{lock_name}@%"),
         mean_interval: (!args.no_chaos).then(|| Duration::from_millis(args.chaos_ms)),
+        kinds: args.chaos.clone(),
         target: args.acquisitions,
     };
     let seconds = args.seconds.unwrap_or(if args.acquisitions.is_some() {
