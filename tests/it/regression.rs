@@ -319,10 +319,15 @@ fn lock_directory_owned_by_another_user_is_refused() {
 fn supervisor_killed_with_sigkill_allows_no_second_instance() {
     let env = TestEnv::new();
     let pids = env.path("pids");
+    let escaped_fifo = env.path("escaped");
+    // The escaped process says so through a FIFO once it has left the
+    // group, so that the kill below cannot catch it still inside.
     let script = format!(
-        "sleep 1000 & in_group=$!; setsid sleep 1000 & escaped=$!; \
-         echo $$ $in_group $escaped > {}; echo ready; wait",
-        pids.display()
+        "mkfifo {fifo}; sleep 1000 & in_group=$!; \
+         setsid sh -c 'echo > {fifo}; exec sleep 1000' & escaped=$!; read x < {fifo}; \
+         echo $$ $in_group $escaped > {pids}; echo ready; wait",
+        fifo = escaped_fifo.display(),
+        pids = pids.display()
     );
     let holder = env.hold("bot", &script);
     let supervisor = holder.pid();
