@@ -95,25 +95,37 @@ impl FileBackend {
 
     /// Creates the directory if needed and checks that it is safe to use.
     fn prepare_dir(&self) -> Result<DirRules> {
-        if let Err(err) = std::fs::DirBuilder::new().mode(0o700).create(&self.dir)
-            && err.kind() != io::ErrorKind::AlreadyExists
-        {
-            return Err(Error::io(
-                "cannot create the lock directory",
-                &self.dir,
-                err,
-            ));
+        loop {
+            if let Err(err) = std::fs::DirBuilder::new().mode(0o700).create(&self.dir)
+                && err.kind() != io::ErrorKind::AlreadyExists
+            {
+                return Err(Error::io(
+                    "cannot create the lock directory",
+                    &self.dir,
+                    err,
+                ));
+            }
+            match std::fs::symlink_metadata(&self.dir) {
+                Ok(meta) => return check_dir(&self.dir, &meta, self.private),
+                // Deleted again right after it was made or found (a cleanup
+                // script): make it again.
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => {
+                    return Err(Error::io("cannot read the lock directory", &self.dir, err));
+                }
+            }
         }
-        let meta = std::fs::symlink_metadata(&self.dir)
-            .map_err(|e| Error::io("cannot read the lock directory", &self.dir, e))?;
-        check_dir(&self.dir, &meta, self.private)
     }
 
-    fn open(&self, path: &Path, rules: &DirRules) -> Result<LockFile> {
+    /// Opens (or creates) the lock file; `None` when its directory has
+    /// vanished since [`FileBackend::prepare_dir`] made it.
+    fn open(&self, path: &Path, rules: &DirRules) -> Result<Option<LockFile>> {
         let flags = OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mode = Mode::from_raw_mode(rules.file_mode);
         let (fd, writable) = match rustix::fs::open(path, flags | OFlags::RDWR, mode) {
             Ok(fd) => (fd, true),
+            // With O_CREAT and O_NOFOLLOW, only a missing directory.
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
             // A read-only file or filesystem still locks: the record just
             // cannot be written.
             Err(
@@ -155,12 +167,12 @@ impl FileBackend {
             // with other permissions: make it what the directory implies.
             let _ = rustix::fs::fchmod(&file, Mode::from_raw_mode(rules.file_mode));
         }
-        Ok(LockFile {
+        Ok(Some(LockFile {
             file,
             writable,
             dev: meta.dev(),
             ino: meta.ino(),
-        })
+        }))
     }
 
     fn attempt(&self, name: &LockName, command: &[String], deadline: Wait) -> Result<Attempt> {
@@ -168,7 +180,9 @@ impl FileBackend {
         let socket_name = self.socket_name(name);
         loop {
             let rules = self.prepare_dir()?;
-            let lock_file = self.open(&path, &rules)?;
+            let Some(lock_file) = self.open(&path, &rules)? else {
+                continue;
+            };
             let lock_file = match lock_exclusive(lock_file, deadline, &path)? {
                 Some(locked) => locked,
                 None => return Ok(Attempt::Held(holder_of(&path, &socket_name))),
@@ -762,7 +776,9 @@ impl Watcher {
     /// Recreates, locks and records the lock file.
     fn restore(&mut self) -> Result<Restore> {
         let rules = self.backend.prepare_dir().unwrap_or(self.rules);
-        let lock_file = self.backend.open(&self.path, &rules)?;
+        let Some(lock_file) = self.backend.open(&self.path, &rules)? else {
+            return Ok(Restore::Retry);
+        };
         let Some(lock_file) = lock_exclusive(lock_file, Wait::No, &self.path)? else {
             return Ok(Restore::HeldByOther);
         };

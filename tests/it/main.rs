@@ -14,3 +14,4 @@ mod properties;
 mod regression;
 mod run;
 mod status;
+mod torture;
