@@ -1,0 +1,373 @@
+//! onlyone side by side with its peers (issue 5): in-process acquire +
+//! release, `onlyone run` wall time, waiter wake-up, failover after
+//! SIGKILL, supervisor memory, and 1,000 simultaneous starters.
+//!
+//! Run through `scripts/bench`, which installs the peers and writes
+//! docs/BENCHMARKS.md. By hand:
+//!
+//! ```text
+//! cargo bench --bench compare -- [--smoke] [--out FILE] [--python PYTHON]
+//! ```
+//!
+//! `--smoke` runs every benchmark a few times (seconds in all) to prove the
+//! harness works; it checks the scale property (exactly one runs, all others
+//! exit 75) but no timing goal. `--python` names an interpreter that has
+//! the `filelock` package; without it the Python rows are left out.
+//! `compare helper MODE` is the command the benchmarks run under the locks
+//! (see `procs::helper`).
+
+mod commands;
+mod inproc;
+mod procs;
+mod report;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::SystemTime;
+
+use anyhow::{Context, Result, bail, ensure};
+
+use report::{Report, Row};
+
+/// How many times each benchmark runs.
+pub struct Config {
+    smoke: bool,
+    inproc_rounds: usize,
+    inproc_batch: usize,
+    wall_rounds: usize,
+    wakeup_runs: usize,
+    failover_runs: usize,
+    memory_runs: usize,
+    scale_n: usize,
+    scale_runs: usize,
+}
+
+impl Config {
+    fn full() -> Config {
+        Config {
+            smoke: false,
+            inproc_rounds: 30,
+            inproc_batch: 1000,
+            wall_rounds: 500,
+            wakeup_runs: 200,
+            failover_runs: 200,
+            memory_runs: 7,
+            scale_n: 1000,
+            scale_runs: 3,
+        }
+    }
+
+    fn smoke() -> Config {
+        Config {
+            smoke: true,
+            inproc_rounds: 2,
+            inproc_batch: 20,
+            wall_rounds: 3,
+            wakeup_runs: 2,
+            failover_runs: 2,
+            memory_runs: 1,
+            scale_n: 100,
+            scale_runs: 1,
+        }
+    }
+}
+
+/// Where things are: the binaries compared, and a scratch directory that
+/// is the default lock directory's parent (`XDG_RUNTIME_DIR`) for every
+/// onlyone measured, so that the default configuration is what is timed.
+pub struct Env {
+    _scratch: tempfile::TempDir,
+    root: PathBuf,
+    runtime_dir: PathBuf,
+    peers_dir: PathBuf,
+    onlyone_bin: PathBuf,
+    me: PathBuf,
+    flock_bin: PathBuf,
+    true_bin: PathBuf,
+    python: Option<PathBuf>,
+}
+
+impl Env {
+    fn new(python: Option<PathBuf>) -> Result<Env> {
+        let scratch = tempfile::Builder::new()
+            .prefix("onlyone-bench-")
+            .tempdir()?;
+        let root = scratch.path().to_owned();
+        let runtime_dir = root.join("runtime");
+        let peers_dir = root.join("peers");
+        std::fs::create_dir(&runtime_dir)?;
+        std::fs::create_dir(&peers_dir)?;
+        Ok(Env {
+            _scratch: scratch,
+            root,
+            runtime_dir,
+            peers_dir,
+            onlyone_bin: PathBuf::from(env!("CARGO_BIN_EXE_onlyone")),
+            me: std::env::current_exe()?,
+            flock_bin: find_program("flock")?,
+            true_bin: find_program("true")?,
+            python,
+        })
+    }
+
+    /// `onlyone run --name NAME FLAGS -- COMMAND` in the default directory.
+    fn onlyone_run(
+        &self,
+        name: &str,
+        flags: &[&str],
+        command: &[impl AsRef<std::ffi::OsStr>],
+    ) -> Command {
+        let mut onlyone = Command::new(&self.onlyone_bin);
+        onlyone
+            .args(["run", "--name", name])
+            .args(flags)
+            .arg("--")
+            .args(command)
+            .env("XDG_RUNTIME_DIR", &self.runtime_dir)
+            .env_remove("ONLYONE_DIR");
+        onlyone
+    }
+
+    /// The lock file that `onlyone run --name NAME` uses.
+    fn onlyone_lock_file(&self, name: &str) -> PathBuf {
+        self.runtime_dir
+            .join("onlyone")
+            .join(format!("{name}.lock"))
+    }
+
+    /// A lock file for a peer (flock(1), fd-lock, Python).
+    fn peer_file(&self, name: &str) -> PathBuf {
+        self.peers_dir.join(format!("{name}.lock"))
+    }
+
+    /// This binary in helper mode `mode`, as a command line.
+    fn helper(&self, mode: &str) -> Vec<String> {
+        vec![self.me.display().to_string(), "helper".into(), mode.into()]
+    }
+
+    fn has_python(&self) -> bool {
+        self.python.is_some()
+    }
+
+    /// The Python peer script with `args`, when there is a Python.
+    fn python(&self, args: &[&str]) -> Option<Command> {
+        let mut command = Command::new(self.python.as_ref()?);
+        command
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/benches/filelock_peer.py"
+            ))
+            .args(args);
+        Some(command)
+    }
+}
+
+fn find_program(name: &str) -> Result<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .with_context(|| format!("{name} not found in PATH"))
+}
+
+struct Args {
+    smoke: bool,
+    out: Option<PathBuf>,
+    python: Option<PathBuf>,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
+    let mut parsed = Args {
+        smoke: false,
+        out: None,
+        python: None,
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--smoke" => parsed.smoke = true,
+            "--out" => parsed.out = Some(args.next().context("--out FILE")?.into()),
+            "--python" => parsed.python = Some(args.next().context("--python PYTHON")?.into()),
+            // What `cargo bench` passes to every bench binary.
+            "--bench" => {}
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    Ok(parsed)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let first = args.next();
+    if first.as_deref() == Some("helper") {
+        let mode = args.next().unwrap_or_default();
+        procs::helper(&mode, args.next().as_deref());
+    }
+    let code = match parse_args(first.into_iter().chain(args)).and_then(run) {
+        Ok(failed) => i32::from(failed),
+        Err(err) => {
+            eprintln!("bench: error: {err:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Runs every benchmark; true when one of them failed.
+fn run(args: Args) -> Result<bool> {
+    let config = if args.smoke {
+        Config::smoke()
+    } else {
+        Config::full()
+    };
+    if let Some(python) = &args.python {
+        let status = Command::new(python)
+            .args(["-c", "import filelock"])
+            .status()
+            .with_context(|| format!("run {}", python.display()))?;
+        ensure!(
+            status.success(),
+            "{} cannot import filelock",
+            python.display()
+        );
+    }
+    let env = Env::new(args.python.clone())?;
+    // SAFETY: no other thread exists yet. The library under test reads the
+    // default directory from this variable, like the `onlyone` it spawns.
+    unsafe { std::env::set_var("XDG_RUNTIME_DIR", &env.runtime_dir) };
+
+    let mut report = Report::new(config.smoke);
+    type Bench = fn(&Config, &Env, &mut Report) -> Result<()>;
+    let benches: [(&str, Bench); 6] = [
+        ("in-process acquire + release", inproc::run),
+        ("onlyone run wall time", commands::wall),
+        ("waiter wake-up", commands::wakeup),
+        ("failover after SIGKILL", commands::failover),
+        ("supervisor memory", commands::memory),
+        ("scale", commands::scale),
+    ];
+    let mut failed = Vec::new();
+    for (name, bench) in benches {
+        println!("bench: {name}");
+        if let Err(err) = bench(&config, &env, &mut report) {
+            eprintln!("bench: {name} FAILED: {err:#}");
+            failed.push(name);
+        }
+    }
+    for row in postgres_rows() {
+        report.row(row);
+    }
+
+    if let Some(out) = &args.out {
+        let preamble = preamble(&config, &env, args.out.as_deref())?;
+        std::fs::write(out, report.markdown(&preamble))
+            .with_context(|| format!("write {}", out.display()))?;
+        println!("bench: wrote {}", out.display());
+    }
+    // A closing line in the plain form that test runners are read by.
+    println!(
+        "bench{}: {} passed, {} failed",
+        if config.smoke { "-smoke" } else { "" },
+        benches.len() - failed.len(),
+        failed.len()
+    );
+    Ok(!failed.is_empty())
+}
+
+/// The PostgreSQL rows of the issue, until its backend lands on main.
+fn postgres_rows() -> Vec<Row> {
+    let why = "the PostgreSQL backend has not landed on main yet";
+    [
+        (
+            "failover after SIGKILL of the holder, PostgreSQL",
+            "p99 ≤ 50 ms on loopback",
+        ),
+        (
+            "PostgreSQL acquire + release on an open connection",
+            "report the ratio vs raw `pg_try_advisory_lock` + `pg_advisory_unlock`",
+        ),
+        (
+            "partition failover, PostgreSQL (frozen proxy)",
+            "≤ 20 s with 0 overlap (consul lock ≈ 45 s)",
+        ),
+        (
+            "supervisor memory while the command runs, PostgreSQL",
+            "RSS ≤ 8 MB",
+        ),
+        (
+            "scale: 1,000 names held over one PostgreSQL session (library)",
+            "report acquire time and memory",
+        ),
+    ]
+    .into_iter()
+    .map(|(what, goal)| Row::not_measured(what, goal, why))
+    .collect()
+}
+
+/// What the numbers were measured on, and how to get them again.
+fn preamble(config: &Config, env: &Env, _out: Option<&Path>) -> Result<String> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    let date = humantime::format_rfc3339_seconds(SystemTime::now());
+    let version = |program: &Path, args: &[&str]| -> String {
+        Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.lines().next().map(str::to_owned))
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let flock_version = version(&env.flock_bin, &["--version"]);
+    let python = match &env.python {
+        Some(python) => format!(
+            "{}, filelock {}",
+            version(python, &["--version"]),
+            version(
+                python,
+                &["-c", "import filelock; print(filelock.__version__)"]
+            )
+        ),
+        None => "not installed".into(),
+    };
+    let rustc = version(Path::new("rustc"), &["--version"]);
+    Ok(format!(
+        "# Benchmarks\n\
+         \n\
+         onlyone side by side with its peers (issue 5). Generated by `scripts/bench` \
+         (`benches/compare/`, `benches/filelock_peer.py`); do not edit by hand.\n\
+         \n\
+         - Date: {date}\n\
+         - Machine: {cores} cores, {cpu}, Linux {kernel}; load average at start {load}\n\
+         - Build: release (`cargo bench`), {rustc}\n\
+         - Peers: {flock_version}; {python}; fd-lock 4\n\
+         - Lock files on the scratch directory's filesystem (`$TMPDIR`); onlyone uses \
+           its default directory (`$XDG_RUNTIME_DIR/onlyone`, pointed into it).\n\
+         - Mode: {mode}\n\
+         \n\
+         Times are medians with p10/p90 (or p50/p99 for latencies) over many \
+         samples; peers were measured in the same run, interleaved with onlyone, \
+         and every ratio is against numbers from this run. The machine is shared \
+         with other work, so single samples are noisy; medians are not.\n",
+        load = load.join(" "),
+        mode = if config.smoke {
+            "smoke (timings meaningless)"
+        } else {
+            "full"
+        },
+    ))
+}
