@@ -194,3 +194,26 @@ fn python_round(config: &Config, env: &Env, path: &Path) -> Result<Option<Vec<u6
     );
     Ok(Some(samples))
 }
+
+/// `compare profile N`: onlyone's acquire + release alone, N times, in a
+/// scratch default directory, for a profiler to look at.
+pub fn profile(count: usize) -> Result<()> {
+    let scratch = tempfile::Builder::new()
+        .prefix("onlyone-profile-")
+        .tempdir()?;
+    // SAFETY: no other thread exists yet.
+    unsafe { std::env::set_var("XDG_RUNTIME_DIR", scratch.path()) };
+    let lock = Lock::file("profile")?;
+    let start = Instant::now();
+    for _ in 0..count {
+        match lock.try_acquire()? {
+            Attempt::Acquired(guard) => drop(guard),
+            Attempt::Held(holder) => bail!("uncontended lock held by {holder}"),
+        }
+    }
+    println!(
+        "{}/op",
+        fmt_ns(start.elapsed().as_nanos() as f64 / count as f64)
+    );
+    Ok(())
+}

@@ -9,13 +9,15 @@
 //! cargo bench --bench compare -- [--smoke] [--out FILE] [--python PYTHON]
 //! ```
 //!
-//! `--smoke` runs every benchmark a few times (seconds in all) to prove the
+//! `--only NAME` runs the benchmarks whose name contains NAME. `--smoke` runs every benchmark a few times (seconds in all) to prove the
 //! harness works; it checks the scale property (exactly one runs, all others
 //! exit 75) but no timing goal. `--python` names an interpreter that has
 //! the `filelock` package; without it the Python rows are left out.
 //! `compare helper MODE` is the command the benchmarks run under the locks
-//! (see `procs::helper`).
+//! (see `procs::helper`). `compare profile [N]` only takes and releases an
+//! onlyone lock N times, for perf, strace or callgrind.
 
+mod breakdown;
 mod commands;
 mod inproc;
 mod procs;
@@ -174,6 +176,8 @@ fn find_program(name: &str) -> Result<PathBuf> {
 
 struct Args {
     smoke: bool,
+    /// Only the benchmarks whose name contains this.
+    only: Option<String>,
     out: Option<PathBuf>,
     python: Option<PathBuf>,
 }
@@ -181,12 +185,14 @@ struct Args {
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
     let mut parsed = Args {
         smoke: false,
+        only: None,
         out: None,
         python: None,
     };
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--smoke" => parsed.smoke = true,
+            "--only" => parsed.only = Some(args.next().context("--only NAME")?),
             "--out" => parsed.out = Some(args.next().context("--out FILE")?.into()),
             "--python" => parsed.python = Some(args.next().context("--python PYTHON")?.into()),
             // What `cargo bench` passes to every bench binary.
@@ -203,6 +209,16 @@ fn main() {
     if first.as_deref() == Some("helper") {
         let mode = args.next().unwrap_or_default();
         procs::helper(&mode, args.next().as_deref());
+    }
+    if first.as_deref() == Some("profile") {
+        let count = args.next().and_then(|n| n.parse().ok()).unwrap_or(100_000);
+        std::process::exit(match inproc::profile(count) {
+            Ok(()) => 0,
+            Err(err) => {
+                eprintln!("bench: error: {err:#}");
+                2
+            }
+        });
     }
     let code = match parse_args(first.into_iter().chain(args)).and_then(run) {
         Ok(failed) => i32::from(failed),
@@ -239,16 +255,27 @@ fn run(args: Args) -> Result<bool> {
 
     let mut report = Report::new(config.smoke);
     type Bench = fn(&Config, &Env, &mut Report) -> Result<()>;
-    let benches: [(&str, Bench); 6] = [
+    let benches: [(&str, Bench); 8] = [
         ("in-process acquire + release", inproc::run),
+        ("where the acquire time goes", breakdown::acquire),
         ("onlyone run wall time", commands::wall),
+        ("where the run time goes", breakdown::run),
         ("waiter wake-up", commands::wakeup),
         ("failover after SIGKILL", commands::failover),
         ("supervisor memory", commands::memory),
         ("scale", commands::scale),
     ];
     let mut failed = Vec::new();
+    let mut ran = 0;
     for (name, bench) in benches {
+        if args
+            .only
+            .as_ref()
+            .is_some_and(|only| !name.contains(only.as_str()))
+        {
+            continue;
+        }
+        ran += 1;
         println!("bench: {name}");
         if let Err(err) = bench(&config, &env, &mut report) {
             eprintln!("bench: {name} FAILED: {err:#}");
@@ -269,7 +296,7 @@ fn run(args: Args) -> Result<bool> {
     println!(
         "bench{}: {} passed, {} failed",
         if config.smoke { "-smoke" } else { "" },
-        benches.len() - failed.len(),
+        ran - failed.len(),
         failed.len()
     );
     Ok(!failed.is_empty())
