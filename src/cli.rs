@@ -108,6 +108,48 @@ struct BackendArgs {
     /// /tmp/onlyone-<uid>]
     #[arg(long, env = "ONLYONE_DIR", value_name = "DIR")]
     dir: Option<PathBuf>,
+
+    /// Lock across machines with a PostgreSQL advisory lock: a URL
+    /// (postgres://user@host:5432/db) or a key=value connection string;
+    /// PG* variables fill in the rest. Keep the password out of it (use
+    /// PGPASSWORD or ~/.pgpass): a command line is visible to every user
+    #[cfg(feature = "postgres")]
+    #[arg(
+        long,
+        env = "ONLYONE_POSTGRES_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    postgres: Option<String>,
+
+    /// The advisory-lock key, instead of the one derived from the name (to
+    /// share a lock with another application)
+    #[cfg(feature = "postgres")]
+    #[arg(
+        long,
+        value_name = "I64",
+        requires = "postgres",
+        allow_negative_numbers = true
+    )]
+    key: Option<i64>,
+
+    /// The state table of fencing tokens and holders [default: onlyone_locks]
+    #[cfg(feature = "postgres")]
+    #[arg(long, value_name = "TABLE", requires = "postgres")]
+    table: Option<String>,
+
+    /// How often a PostgreSQL holder checks with the server that it still
+    /// holds the lock
+    #[cfg(feature = "postgres")]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    heartbeat: Duration,
+
+    /// After the previous holder was lost uncleanly, wait this long before
+    /// starting the command [default: more than the heartbeat deadline plus
+    /// the kill grace]
+    #[cfg(feature = "postgres")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    lock_delay: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -135,8 +177,13 @@ struct RunArgs {
 
     /// Stop the current holder (SIGTERM to its command, SIGKILL after
     /// --kill-grace), then take the lock and run
-    #[arg(long)]
+    #[arg(long, conflicts_with = "max")]
     replace: bool,
+
+    /// Allow at most N instances at once (a semaphore): each takes one of N
+    /// slots and gets ONLYONE_SLOT and its own token
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10000))]
+    max: Option<u32>,
 
     /// Keep the command running: restart it when it fails (on-failure) or
     /// whenever it exits (always), holding the lock throughout
@@ -265,11 +312,28 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-fn backend(args: &BackendArgs) -> Arc<dyn Backend> {
-    match &args.dir {
+/// The kill grace of `run` when a command has none (status, stop, wait).
+const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// The backend the flags choose: PostgreSQL with `--postgres`, else files.
+fn backend(args: &BackendArgs, kill_grace: Duration) -> anyhow::Result<Arc<dyn Backend>> {
+    #[cfg(feature = "postgres")]
+    if let Some(url) = &args.postgres {
+        let mut config = onlyone::PostgresConfig::new(url.clone());
+        config.key = args.key;
+        if let Some(table) = &args.table {
+            config.table = table.clone();
+        }
+        config.heartbeat = args.heartbeat;
+        config.lock_delay = args.lock_delay;
+        config.kill_grace = kill_grace;
+        return Ok(Arc::new(onlyone::PostgresBackend::new(config)?));
+    }
+    let _ = kill_grace;
+    Ok(match &args.dir {
         Some(dir) => Arc::new(FileBackend::new(dir)),
         None => Arc::new(FileBackend::new(onlyone::default_dir())),
-    }
+    })
 }
 
 /// After a restart, the delay doubles up to this.
@@ -279,8 +343,11 @@ const STABLE_RUN: Duration = Duration::from_secs(60);
 
 fn run_command(args: RunArgs, quiet: bool) -> anyhow::Result<u8> {
     let name = LockName::new(&args.name)?;
-    let backend = backend(&args.backend);
-    let lock = Lock::with_backend(name.clone(), backend.clone()).command(args.command.clone());
+    let backend = backend(&args.backend, args.kill_grace)?;
+    let mut lock = Lock::with_backend(name.clone(), backend.clone()).command(args.command.clone());
+    if let Some(max) = args.max {
+        lock = lock.max(max)?;
+    }
     let Some(guard) = take_lock(&lock, backend.as_ref(), &args, quiet)? else {
         return Ok(args.conflict_exit_code.unwrap_or(EXIT_CONFLICT));
     };
@@ -312,7 +379,12 @@ fn take_lock(
     }
     if !args.wait && args.timeout.is_none() {
         if !quiet {
-            eprintln!("onlyone: lock '{name}' is held by {holder}");
+            match args.max {
+                Some(max) => eprintln!(
+                    "onlyone: all {max} slots of lock '{name}' are held; slot 1 by {holder}"
+                ),
+                None => eprintln!("onlyone: lock '{name}' is held by {holder}"),
+            }
         }
         return Ok(None);
     }
@@ -403,7 +475,7 @@ fn supervise(supervisor: &mut Supervisor, guard: &Guard, args: &RunArgs) -> anyh
 
 fn stop(args: StopArgs, quiet: bool) -> anyhow::Result<u8> {
     let name = LockName::new(&args.name)?;
-    let backend = backend(&args.backend);
+    let backend = backend(&args.backend, DEFAULT_KILL_GRACE)?;
     if !backend.stop_holder(&name, args.signal)? {
         if !quiet {
             eprintln!("onlyone: lock '{name}' is free already");
@@ -422,7 +494,7 @@ fn stop(args: StopArgs, quiet: bool) -> anyhow::Result<u8> {
 
 fn wait(args: WaitArgs, quiet: bool) -> anyhow::Result<u8> {
     let name = LockName::new(&args.name)?;
-    let backend = backend(&args.backend);
+    let backend = backend(&args.backend, DEFAULT_KILL_GRACE)?;
     if backend.wait_free(&name, args.timeout)? {
         return Ok(0);
     }
@@ -478,7 +550,7 @@ impl WaitNotice {
 }
 
 fn status(args: StatusArgs) -> anyhow::Result<u8> {
-    let backend = backend(&args.backend);
+    let backend = backend(&args.backend, DEFAULT_KILL_GRACE)?;
     let Some(name) = &args.name else {
         let all = backend.list()?;
         if args.json {
@@ -492,13 +564,31 @@ fn status(args: StatusArgs) -> anyhow::Result<u8> {
         }
         return Ok(0);
     };
-    let status = backend.status(&LockName::new(name)?)?;
+    let name = LockName::new(name)?;
+    let status = backend.status(&name)?;
+    // The slots of `run --max` belong to the name too.
+    let slots: Vec<Status> = backend
+        .list()?
+        .into_iter()
+        .filter(|slot| {
+            LockName::from_stored(&slot.name)
+                .is_some_and(|slot| slot.slot_number().is_some() && slot.base() == name.as_str())
+        })
+        .collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        let mut value = serde_json::to_value(&status)?;
+        if !slots.is_empty() {
+            value["slots"] = serde_json::to_value(&slots)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         println!("{}", status_line(&status));
+        for slot in &slots {
+            println!("{}", status_line(slot));
+        }
     }
-    Ok(if status.held { 0 } else { EXIT_FREE })
+    let held = status.held || slots.iter().any(|slot| slot.held);
+    Ok(if held { 0 } else { EXIT_FREE })
 }
 
 fn status_line(status: &Status) -> String {

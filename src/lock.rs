@@ -15,6 +15,7 @@ pub struct Lock {
     name: LockName,
     backend: Arc<dyn Backend>,
     command: Vec<String>,
+    slots: Option<u32>,
 }
 
 impl Lock {
@@ -33,6 +34,7 @@ impl Lock {
             name,
             backend,
             command: Vec::new(),
+            slots: None,
         }
     }
 
@@ -53,6 +55,29 @@ impl Lock {
         self
     }
 
+    /// Turns the lock into a semaphore: at most `slots` holders at once,
+    /// each holding one slot lock (`NAME@1` ... `NAME@N`), each with its own
+    /// fencing token. A waiter takes whichever slot frees first.
+    ///
+    /// # Errors
+    ///
+    /// A usage error when `slots` is 0.
+    pub fn max(mut self, slots: u32) -> Result<Lock> {
+        if slots == 0 {
+            return Err(crate::Error::usage("--max must be at least 1"));
+        }
+        self.slots = Some(slots);
+        Ok(self)
+    }
+
+    /// The slot locks of a semaphore, or just the lock itself.
+    pub fn slot_names(&self) -> Vec<LockName> {
+        match self.slots {
+            Some(slots) => (1..=slots).map(|slot| self.name.slot(slot)).collect(),
+            None => vec![self.name.clone()],
+        }
+    }
+
     /// The lock's name.
     pub fn name(&self) -> &LockName {
         &self.name
@@ -65,7 +90,13 @@ impl Lock {
     ///
     /// The backend cannot be used, or refuses for safety.
     pub fn try_acquire(&self) -> Result<Attempt> {
-        self.backend.try_acquire(&self.name, &self.command)
+        match self.slots {
+            None => self.backend.try_acquire(&self.name, &self.command),
+            Some(_) => {
+                self.backend
+                    .acquire_any(&self.slot_names(), &self.command, Some(Duration::ZERO))
+            }
+        }
     }
 
     /// Waits for the lock, without limit (`None`) or at most `timeout`;
@@ -75,7 +106,12 @@ impl Lock {
     ///
     /// The backend cannot be used, or refuses for safety.
     pub fn acquire(&self, timeout: Option<Duration>) -> Result<Attempt> {
-        self.backend.acquire(&self.name, &self.command, timeout)
+        match self.slots {
+            None => self.backend.acquire(&self.name, &self.command, timeout),
+            Some(_) => self
+                .backend
+                .acquire_any(&self.slot_names(), &self.command, timeout),
+        }
     }
 
     /// Whether the lock is held and by whom, without taking it.

@@ -39,6 +39,37 @@ impl LockName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The lock of slot `slot` (from 1) of this name, for "at most N at
+    /// once": `NAME@SLOT`. `@` is not allowed in names, so a slot lock
+    /// never collides with a lock someone names.
+    pub fn slot(&self, slot: u32) -> LockName {
+        LockName(format!("{}@{slot}", self.base()))
+    }
+
+    /// The slot number, when this is a slot lock.
+    pub fn slot_number(&self) -> Option<u32> {
+        self.0.rsplit_once('@')?.1.parse().ok()
+    }
+
+    /// The name without its slot.
+    pub fn base(&self) -> &str {
+        self.0.split('@').next().unwrap_or(&self.0)
+    }
+
+    /// A name as stored by a backend (a file name, a table row): a valid
+    /// name or a slot lock of one.
+    pub fn from_stored(stored: &str) -> Option<LockName> {
+        let (base, slot) = match stored.rsplit_once('@') {
+            Some((base, slot)) => (base, Some(slot.parse::<u32>().ok()?)),
+            None => (stored, None),
+        };
+        let base = LockName::new(base).ok()?;
+        Some(match slot {
+            Some(slot) => base.slot(slot),
+            None => base,
+        })
+    }
 }
 
 fn is_valid(name: &str) -> bool {
@@ -71,6 +102,18 @@ mod tests {
         for ok in ["a", "bot", "A-b_c.9", "x.lock", &"n".repeat(128)] {
             assert!(LockName::new(ok).is_ok(), "{ok:?}");
         }
+    }
+
+    #[test]
+    fn slot_names_round_trip_and_never_validate() {
+        let slot = LockName::new("bot").unwrap().slot(3);
+        assert_eq!(slot.as_str(), "bot@3");
+        assert_eq!(slot.slot_number(), Some(3));
+        assert_eq!(slot.base(), "bot");
+        assert_eq!(LockName::from_stored("bot@3"), Some(slot));
+        assert!(LockName::new("bot@3").is_err());
+        assert_eq!(LockName::from_stored("bot@x"), None);
+        assert_eq!(LockName::from_stored(".x@1"), None);
     }
 
     #[test]

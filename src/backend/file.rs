@@ -168,7 +168,7 @@ impl FileBackend {
             let lock_file = self.open(&path, &rules)?;
             let lock_file = match lock_exclusive(lock_file, deadline, &path)? {
                 Some(locked) => locked,
-                None => return Ok(Attempt::Held(self.holder(name, &path, &socket_name))),
+                None => return Ok(Attempt::Held(holder_of(&path, &socket_name))),
             };
             if !lock_file.is_at(&path) {
                 // Deleted or replaced between open and lock: that inode
@@ -183,10 +183,10 @@ impl FileBackend {
                     drop(lock_file);
                     match deadline {
                         Wait::No => {
-                            return Ok(Attempt::Held(self.holder(name, &path, &socket_name)));
+                            return Ok(Attempt::Held(holder_of(&path, &socket_name)));
                         }
                         Wait::Until(Some(at)) if Instant::now() >= at => {
-                            return Ok(Attempt::Held(self.holder(name, &path, &socket_name)));
+                            return Ok(Attempt::Held(holder_of(&path, &socket_name)));
                         }
                         // Give the holder a moment to take its restored
                         // file, then block on that file's lock.
@@ -211,39 +211,38 @@ impl FileBackend {
             )))));
         }
     }
+}
 
-    /// Who holds `name`, found without taking the lock.
-    fn holder(&self, name: &LockName, path: &Path, socket_name: &[u8]) -> Holder {
-        let _ = name;
-        let mut pids = Vec::new();
-        if let Ok(SocketProbe::Held(Some(pid))) = HolderSocket::probe(socket_name) {
+/// Who holds the lock of `path` (and its socket), found without taking it.
+fn holder_of(path: &Path, socket_name: &[u8]) -> Holder {
+    let mut pids = Vec::new();
+    if let Ok(SocketProbe::Held(Some(pid))) = HolderSocket::probe(socket_name) {
+        pids.push(pid);
+    }
+    let (record, flock_pids) = read_lock_file(path);
+    for pid in flock_pids {
+        if !pids.contains(&pid) {
             pids.push(pid);
         }
-        let (record, flock_pids) = read_lock_file(path);
-        for pid in flock_pids {
-            if !pids.contains(&pid) {
-                pids.push(pid);
-            }
-        }
-        let mut holder = Holder {
-            record,
-            pids,
-            detail: None,
-        };
-        if let Some(record) = &holder.record
-            && !holder.pids.is_empty()
-            && !holder.pids.contains(&record.pid)
-        {
-            // The current holder could not write its record; what the file
-            // says is a previous holder's.
-            holder.detail = Some(format!(
-                "the lock file's record names pid {}, an earlier holder",
-                record.pid
-            ));
-            holder.record = None;
-        }
-        holder
     }
+    let mut holder = Holder {
+        record,
+        pids,
+        detail: None,
+    };
+    if let Some(record) = &holder.record
+        && !holder.pids.is_empty()
+        && !holder.pids.contains(&record.pid)
+    {
+        // The current holder could not write its record; what the file
+        // says is a previous holder's.
+        holder.detail = Some(format!(
+            "the lock file's record names pid {}, an earlier holder",
+            record.pid
+        ));
+        holder.record = None;
+    }
+    holder
 }
 
 /// Reads the record and the kernel's flock holders of the file at `path`,
@@ -471,7 +470,7 @@ impl Backend for FileBackend {
         let (record, flock_pids) = read_lock_file(&path);
         let held = socket_pid.is_some() || !flock_pids.is_empty();
         let last_token = record.as_ref().map(|r| r.token);
-        let holder = held.then(|| self.holder(name, &path, &socket_name));
+        let holder = held.then(|| holder_of(&path, &socket_name));
         Ok(Status {
             name: name.to_string(),
             location: path.display().to_string(),
@@ -492,11 +491,46 @@ impl Backend for FileBackend {
             .filter_map(|entry| {
                 let file_name = entry.ok()?.file_name();
                 let stem = file_name.to_str()?.strip_suffix(".lock")?;
-                LockName::new(stem).ok()
+                LockName::from_stored(stem)
             })
             .collect();
         names.sort();
         names.iter().map(|name| self.status(name)).collect()
+    }
+
+    fn acquire_any(
+        &self,
+        names: &[LockName],
+        command: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<Attempt> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            // Watch before trying, so that a release between a failed try
+            // and the wait still wakes us.
+            let watch = self
+                .prepare_dir()
+                .ok()
+                .and_then(|_| sys::DirWatch::new(&self.dir));
+            let mut first_holder = None;
+            for name in names {
+                match self.try_acquire(name, command)? {
+                    Attempt::Acquired(guard) => return Ok(Attempt::Acquired(guard)),
+                    Attempt::Held(holder) => {
+                        first_holder.get_or_insert(holder);
+                    }
+                }
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Ok(Attempt::Held(first_holder.unwrap_or_default()));
+            }
+            let nap = left.unwrap_or(Duration::MAX).min(Duration::from_secs(1));
+            match &watch {
+                Some(watch) => watch.wait(nap),
+                None => thread::sleep(nap.min(Duration::from_millis(50))),
+            }
+        }
     }
 
     fn stop_holder(&self, name: &LockName, signal: i32) -> Result<bool> {

@@ -57,6 +57,39 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// The backend cannot be used.
     fn list(&self) -> Result<Vec<Status>>;
 
+    /// Takes the first free lock of `names` (the slots of a semaphore),
+    /// waiting as [`Backend::acquire`] does when all are held. This default
+    /// re-tries every 50 ms; backends with an event to wait for override
+    /// it.
+    ///
+    /// # Errors
+    ///
+    /// The backend cannot be used, or refuses for safety.
+    fn acquire_any(
+        &self,
+        names: &[LockName],
+        command: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<Attempt> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            let mut first_holder = None;
+            for name in names {
+                match self.try_acquire(name, command)? {
+                    Attempt::Acquired(guard) => return Ok(Attempt::Acquired(guard)),
+                    Attempt::Held(holder) => {
+                        first_holder.get_or_insert(holder);
+                    }
+                }
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Ok(Attempt::Held(first_holder.unwrap_or_default()));
+            }
+            std::thread::sleep(left.unwrap_or(Duration::MAX).min(Duration::from_millis(50)));
+        }
+    }
+
     /// Asks the current holder of `name` to stop, identifying it exactly
     /// (never by matching names or command lines): `signal` goes to the
     /// holder's verified process, or the backend ends the holder's session.
@@ -327,7 +360,11 @@ impl Guard {
     /// Variables that describe the lock to a child process
     /// (`ONLYONE_NAME`, `ONLYONE_TOKEN`, and the backend's own).
     pub fn env(&self) -> Vec<(String, String)> {
-        let mut env = vec![("ONLYONE_NAME".to_owned(), self.name().to_string())];
+        let name = self.name();
+        let mut env = vec![("ONLYONE_NAME".to_owned(), name.base().to_owned())];
+        if let Some(slot) = name.slot_number() {
+            env.push(("ONLYONE_SLOT".to_owned(), slot.to_string()));
+        }
         if let Some(token) = self.token() {
             env.push(("ONLYONE_TOKEN".to_owned(), token.to_string()));
         }

@@ -483,3 +483,63 @@ fn as_nobody(env: &TestEnv, args: &[&str]) -> Output {
         .output()
         .unwrap()
 }
+
+/// A directory shared by a group (setgid, group-writable): members who are
+/// different users exclude each other instead of being refused, and lock
+/// files are created group-writable so every member can lock them.
+#[test]
+fn group_shared_directory_works_for_every_member() {
+    if !is_root() {
+        eprintln!("skipped (needs root to switch users)");
+        return;
+    }
+    const GROUP: u32 = 4242;
+    let env = TestEnv::new();
+    mkdir(&env);
+    std::os::unix::fs::chown(env.lock_dir(), Some(0), Some(GROUP)).unwrap();
+    chmod(&env.lock_dir(), 0o2770);
+    chmod(&env.path(""), 0o755);
+    let member = |uid: u32| {
+        let mut command = Command::new("setpriv");
+        command
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .arg(format!("--groups={GROUP}"))
+            .arg(env!("CARGO_BIN_EXE_onlyone"))
+            .env("ONLYONE_DIR", env.lock_dir())
+            .env_remove("XDG_RUNTIME_DIR");
+        command
+    };
+    let mut holder = crate::util::Running::spawn(
+        member(2001)
+            .args([
+                "run",
+                "--name",
+                "shared",
+                "--",
+                "sh",
+                "-c",
+                "echo ready; exec sleep 1000",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
+    holder.expect_stdout_line("ready");
+    let mode = fs::metadata(env.lock_file("shared"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660);
+
+    let other = member(2002)
+        .args(["run", "--name", "shared", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(other.status), 75, "{}", stderr(&other));
+    holder.kill();
+    let after = member(2002)
+        .args(["run", "--name", "shared", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(after.status), 0, "{}", stderr(&after));
+}

@@ -1,6 +1,7 @@
 //! onlyone's integration tests: one binary, real processes, real signals,
 //! real files, and a real PostgreSQL server.
 
+mod harness;
 mod util;
 
 mod bad_input;

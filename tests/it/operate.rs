@@ -259,3 +259,150 @@ fn quiet_and_verbose_conflict() {
     let out = env.run(&["-q", "-v", "status"]);
     assert_eq!(code(out.status), 64);
 }
+
+#[test]
+fn max_three_with_ten_starters_runs_exactly_three() {
+    let env = TestEnv::new();
+    let ran = env.path("ran");
+    let script = format!(
+        "echo \"$ONLYONE_SLOT $ONLYONE_TOKEN\" >> {}; echo ready; exec sleep 1000",
+        ran.display()
+    );
+    let mut running = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10 {
+        let mut starter = env.start(&[
+            "run", "--name", "pool", "--max", "3", "--", "sh", "-c", &script,
+        ]);
+        // Either the command starts (ready) or onlyone refuses (exit 75).
+        match starter.child.try_wait().unwrap() {
+            Some(status) => {
+                assert_eq!(code(status), 75);
+                refused += 1;
+            }
+            None => running.push(starter),
+        }
+    }
+    // Those still running either hold a slot or are about to exit 75.
+    let mut holders = Vec::new();
+    for mut starter in running {
+        if starter.try_expect_stdout_line("ready") {
+            holders.push(starter);
+        } else {
+            let (status, _, _) = starter.finish();
+            assert_eq!(code(status), 75);
+            refused += 1;
+        }
+    }
+    assert_eq!(holders.len(), 3);
+    assert_eq!(refused, 7);
+    let mut slots: Vec<String> = fs::read_to_string(&ran)
+        .unwrap()
+        .lines()
+        .map(|line| line.to_owned())
+        .collect();
+    slots.sort();
+    assert_eq!(slots, ["1 1", "2 1", "3 1"]);
+
+    let status = env.run(&["status", "pool"]);
+    assert_eq!(code(status.status), 0);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(text.matches(": held by pid").count(), 3, "{text}");
+
+    let refused = env.run(&["run", "--name", "pool", "--max", "3", "--", "true"]);
+    assert_eq!(code(refused.status), 75);
+    assert!(
+        stderr(&refused).starts_with("onlyone: all 3 slots of lock 'pool' are held; slot 1 by pid")
+    );
+}
+
+#[test]
+fn max_waiter_takes_the_first_slot_freed() {
+    let env = TestEnv::new();
+    let first = env.start(&[
+        "run",
+        "--name",
+        "pool",
+        "--max",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "echo ready; exec sleep 1000",
+    ]);
+    let mut first = first;
+    first.expect_stdout_line("ready");
+    let mut second = env.start(&[
+        "run",
+        "--name",
+        "pool",
+        "--max",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "echo ready; exec sleep 1000",
+    ]);
+    second.expect_stdout_line("ready");
+    let mut waiter = env.start(&[
+        "run",
+        "--name",
+        "pool",
+        "--max",
+        "2",
+        "--wait",
+        "--",
+        "sh",
+        "-c",
+        "echo slot $ONLYONE_SLOT",
+    ]);
+    waiter.expect_stderr_containing("onlyone: waiting for lock 'pool'");
+    second.kill();
+    waiter.expect_stdout_line("slot 2");
+    let (status, _, _) = waiter.finish();
+    assert_eq!(code(status), 0);
+}
+
+/// The systemd recipe is a valid unit (systemd-analyze verify), once its
+/// ExecStart points at this build.
+#[test]
+fn systemd_recipe_is_a_valid_unit() {
+    let env = TestEnv::new();
+    let recipe = include_str!("../../docs/recipes/report.service");
+    let unit = recipe
+        .replace("/usr/local/bin/onlyone", env!("CARGO_BIN_EXE_onlyone"))
+        .replace("/usr/local/bin/report", "/bin/true");
+    let path = env.path("report.service");
+    fs::write(&path, unit).unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is needed for this test");
+    let text = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success(), "{text}");
+    assert!(!text.contains("report.service:"), "{text}");
+}
+
+/// The cron recipe's line, run twice while the first still runs: the
+/// second exits 0 and prints nothing.
+#[test]
+fn cron_recipe_exits_0_quietly_when_already_running() {
+    let env = TestEnv::new();
+    let recipe = include_str!("../../docs/recipes/crontab");
+    let line = recipe.lines().find(|line| line.starts_with("*/5")).unwrap();
+    let command = line
+        .splitn(6, ' ')
+        .nth(5)
+        .unwrap()
+        .replace("/usr/local/bin/onlyone", env!("CARGO_BIN_EXE_onlyone"));
+    let _holder = env.hold_sleeping("sync");
+    let out = Command::new("sh")
+        .args(["-c", &command])
+        .env("ONLYONE_DIR", env.lock_dir())
+        .output()
+        .unwrap();
+    assert_eq!(code(out.status), 0);
+    assert_eq!(stderr(&out), "");
+    assert!(out.stdout.is_empty());
+}

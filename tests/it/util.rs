@@ -110,6 +110,19 @@ impl Running {
         self.stdout.expect_line(|line| line == expected, expected);
     }
 
+    /// Waits for a stdout line equal to `expected`: true when it came, false
+    /// when stdout closed first (the process exited without printing it).
+    pub fn try_expect_stdout_line(&mut self, expected: &str) -> bool {
+        loop {
+            match self.stdout.lines.recv_timeout(EVENT_TIMEOUT) {
+                Ok(line) if line == expected => return true,
+                Ok(line) => self.stdout.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+                Err(err) => panic!("no line {expected:?} ({err})"),
+            }
+        }
+    }
+
     /// Waits for a stderr line containing `fragment`; returns the line.
     pub fn expect_stderr_containing(&mut self, fragment: &str) -> String {
         self.stderr
