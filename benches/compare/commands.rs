@@ -2,6 +2,7 @@
 //! filelock: wall time, wake-up of a waiter, failover after SIGKILL,
 //! supervisor memory, and 1,000 simultaneous starters.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -85,28 +86,93 @@ pub fn wall(config: &Config, env: &Env, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
+/// Who holds or waits in a wake-up measurement.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Waiter {
+enum Side {
     Onlyone,
     Flock,
     Python,
+}
+
+/// One kind of wake-up measurement: a holder and a waiter, or the floor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Pair {
+    /// `holder` releases, `waiter` starts its command. Mixed onlyone and
+    /// flock(1) pairs share onlyone's lock file: they tell the cost of
+    /// onlyone's release from the cost of its start.
+    Lock { holder: Side, waiter: Side },
+    /// No lock at all: the bench starts the helper itself. How long a
+    /// command takes to start, which every waiter pays on top of its wake-up.
+    Floor,
+}
+
+impl Pair {
+    fn label(self) -> &'static str {
+        use Side::*;
+        match self {
+            Pair::Lock {
+                holder: Onlyone,
+                waiter: Onlyone,
+            } => "onlyone → `onlyone run --wait`",
+            Pair::Lock {
+                holder: Flock,
+                waiter: Flock,
+            } => "flock(1) → `flock -w 10` (kernel wait)",
+            Pair::Lock {
+                holder: Onlyone,
+                waiter: Flock,
+            } => "onlyone → `flock -w 10` (onlyone's release)",
+            Pair::Lock {
+                holder: Flock,
+                waiter: Onlyone,
+            } => "flock(1) → `onlyone run --wait` (onlyone's start)",
+            Pair::Lock {
+                holder: Python,
+                waiter: Python,
+            } => "Python filelock → `acquire()` (50 ms poll)",
+            Pair::Lock { .. } => "other",
+            Pair::Floor => "floor: no lock, the bench starts the command itself",
+        }
+    }
 }
 
 /// The holder's command exits (or releases) → the waiting command starts.
 pub fn wakeup(config: &Config, env: &Env, report: &mut Report) -> Result<()> {
     const GOAL_P50: f64 = 1e6;
     const GOAL_P99: f64 = 5e6;
-    let mut waiters = vec![Waiter::Onlyone, Waiter::Flock];
+    use Side::*;
+    let mut pairs = vec![
+        Pair::Lock {
+            holder: Onlyone,
+            waiter: Onlyone,
+        },
+        Pair::Lock {
+            holder: Flock,
+            waiter: Flock,
+        },
+        Pair::Lock {
+            holder: Onlyone,
+            waiter: Flock,
+        },
+        Pair::Lock {
+            holder: Flock,
+            waiter: Onlyone,
+        },
+        Pair::Floor,
+    ];
     if env.has_python() {
-        waiters.push(Waiter::Python);
+        pairs.push(Pair::Lock {
+            holder: Python,
+            waiter: Python,
+        });
     }
-    let mut samples = vec![Samples::default(); waiters.len()];
+    let mut samples = vec![Samples::default(); pairs.len()];
     let mut jitter = Jitter::new();
     for run in 0..config.wakeup_runs {
-        for i in 0..waiters.len() {
-            let which = (run + i) % waiters.len();
-            let latency = wakeup_once(env, waiters[which], &mut jitter)
-                .with_context(|| format!("wake-up of {:?}", waiters[which]))?;
+        for i in 0..pairs.len() {
+            let which = (run + i) % pairs.len();
+            let latency = wakeup_once(env, pairs[which], &mut jitter)
+                .with_context(|| format!("wake-up, {}", pairs[which].label()))?;
             samples[which].push_ns(latency);
         }
     }
@@ -115,27 +181,27 @@ pub fn wakeup(config: &Config, env: &Env, report: &mut Report) -> Result<()> {
         &format!(
             "Latency from the holder's command printing CLOCK_MONOTONIC right before it \
              exits to the waiting command printing CLOCK_MONOTONIC as it starts; {} runs \
-             per waiter, interleaved. The commands are this bench binary in a helper mode \
-             (a Rust process starts in well under a millisecond; Python's interpreter \
-             would not). onlyone: holder `onlyone run --name w -- HELPER`, waiter \
+             per pair, interleaved. The commands are this bench binary in a helper mode \
+             (a compiled program: Python's interpreter would take longer to start than \
+             what is measured). onlyone: holder `onlyone run --name w -- HELPER`, waiter \
              `onlyone run --wait --name w -- HELPER`, started once the holder runs and \
              timed once /proc/locks shows it blocked. flock(1): `flock f HELPER` and \
-             `flock -w 10 f HELPER`. Python filelock: the holder releases right after its \
-             stamp; the waiter stamps right after `acquire()` returns (it polls every \
-             50 ms; the release comes 60-110 ms after it starts waiting, at random).",
+             `flock -w 10 f HELPER`. The mixed pairs lock onlyone's lock file with \
+             flock(1) on one side, which tells what onlyone's release and onlyone's start \
+             each add. Python filelock: the holder releases right after its stamp; the \
+             waiter stamps right after `acquire()` returns (it polls every 50 ms; the \
+             release comes 60-110 ms after it starts waiting, at random). The floor is \
+             the time from the bench's stamp to the helper's when the bench starts the \
+             helper itself: what starting a command costs at all.",
             config.wakeup_runs
         ),
-        &["waiter", "n", "p10", "median", "p90", "p99", "max"],
+        &["holder → waiter", "n", "p10", "median", "p90", "p99", "max"],
     );
-    for (waiter, samples) in waiters.iter().zip(samples.iter_mut()) {
-        let name = match waiter {
-            Waiter::Onlyone => "`onlyone run --wait`",
-            Waiter::Flock => "`flock -w 10` (kernel wait)",
-            Waiter::Python => "Python filelock `acquire()` (50 ms poll)",
-        };
+    let mut summaries = Vec::new();
+    for (pair, samples) in pairs.iter().zip(samples.iter_mut()) {
         let s = samples.summary();
         detail.row(vec![
-            name.to_owned(),
+            pair.label().to_owned(),
             s.n.to_string(),
             fmt_ns(s.p10),
             fmt_ns(s.p50),
@@ -143,17 +209,17 @@ pub fn wakeup(config: &Config, env: &Env, report: &mut Report) -> Result<()> {
             fmt_ns(s.p99),
             fmt_ns(s.max),
         ]);
+        summaries.push(s);
     }
     report.detail(detail);
-    let ours = samples[0].summary();
-    let flock = samples[1].summary();
+    let (ours, flock, floor) = (summaries[0], summaries[1], summaries[4]);
     let mut peers = format!(
-        "flock -w p50 {} / p99 {}",
+        "flock -w p50 {} / p99 {}; floor (command start alone) p50 {}",
         fmt_ns(flock.p50),
-        fmt_ns(flock.p99)
+        fmt_ns(flock.p99),
+        fmt_ns(floor.p50)
     );
-    if let Some(python) = samples.get_mut(2) {
-        let python = python.summary();
+    if let Some(python) = summaries.get(5) {
         peers.push_str(&format!(
             "; Python filelock p50 {} / p99 {}",
             fmt_ns(python.p50),
@@ -171,58 +237,80 @@ pub fn wakeup(config: &Config, env: &Env, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
-fn wakeup_once(env: &Env, waiter: Waiter, jitter: &mut Jitter) -> Result<u64> {
-    let hold = env.helper("hold");
+fn wakeup_once(env: &Env, pair: Pair, jitter: &mut Jitter) -> Result<u64> {
     let stamp = env.helper("stamp");
-    let mut holder = match waiter {
-        Waiter::Onlyone => Proc::start(env.onlyone_run("wake", &[], &hold), "onlyone holder")?,
-        Waiter::Flock => {
+    let (holder_side, waiter_side) = match pair {
+        Pair::Lock { holder, waiter } => (holder, waiter),
+        Pair::Floor => {
+            let mut command = Command::new(&stamp[0]);
+            command.args(&stamp[1..]);
+            let start = monotonic_ns();
+            let mut proc = Proc::start(command, "helper")?;
+            let started = proc.stamp()?;
+            proc.wait_ok()?;
+            return Ok(started.saturating_sub(start));
+        }
+    };
+    // Any pair with onlyone in it uses onlyone's lock file.
+    let path = if holder_side == Side::Onlyone || waiter_side == Side::Onlyone {
+        env.onlyone_lock_file("wake")
+    } else if holder_side == Side::Python {
+        env.peer_file("wake-python")
+    } else {
+        env.peer_file("wake")
+    };
+    let mut holder = match holder_side {
+        Side::Onlyone => Proc::start(
+            env.onlyone_run("wake", &[], &env.helper("hold")),
+            "onlyone holder",
+        )?,
+        Side::Flock => {
+            if let Some(dir) = path.parent() {
+                // onlyone's directory, when flock(1) is the first to use it.
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .recursive(true)
+                    .create(dir)?;
+            }
             let mut command = Command::new(&env.flock_bin);
-            command.arg(env.peer_file("wake")).args(&hold);
+            command.arg(&path).args(env.helper("hold"));
             Proc::start(command, "flock holder")?
         }
-        Waiter::Python => {
+        Side::Python => {
             let mut command = env.python(&["hold"]).context("no Python")?;
-            command.arg(env.peer_file("wake-python"));
+            command.arg(&path);
             Proc::start(command, "Python holder")?
         }
     };
     holder.ready()?;
-    let mut waiting = match waiter {
-        Waiter::Onlyone => {
-            let proc = Proc::start(
-                env.onlyone_run("wake", &["--wait"], &stamp),
-                "onlyone waiter",
-            )?;
-            let path = env.onlyone_lock_file("wake");
-            wait_until("the onlyone waiter blocks in flock(2)", || {
-                Ok(flock_waiters(&path)? > 0)
-            })?;
-            proc
-        }
-        Waiter::Flock => {
+    let mut waiting = match waiter_side {
+        Side::Onlyone => Proc::start(
+            env.onlyone_run("wake", &["--wait"], &stamp),
+            "onlyone waiter",
+        )?,
+        Side::Flock => {
             let mut command = Command::new(&env.flock_bin);
-            command
-                .args(["-w", "10"])
-                .arg(env.peer_file("wake"))
-                .args(&stamp);
-            let proc = Proc::start(command, "flock waiter")?;
-            let path = env.peer_file("wake");
-            wait_until("flock -w blocks in flock(2)", || {
-                Ok(flock_waiters(&path)? > 0)
-            })?;
-            proc
+            command.args(["-w", "10"]).arg(&path).args(&stamp);
+            Proc::start(command, "flock waiter")?
         }
-        Waiter::Python => {
+        Side::Python => {
             let mut command = env.python(&["wait"]).context("no Python")?;
-            command.arg(env.peer_file("wake-python"));
-            let mut proc = Proc::start(command, "Python waiter")?;
-            ensure!(proc.line()? == "waiting", "the Python waiter did not start");
-            // It polls: release at a random phase of its 50 ms sleep.
-            thread::sleep(Duration::from_millis(60 + jitter.below(50)));
-            proc
+            command.arg(&path);
+            Proc::start(command, "Python waiter")?
         }
     };
+    if waiter_side == Side::Python {
+        ensure!(
+            waiting.line()? == "waiting",
+            "the Python waiter did not start"
+        );
+        // It polls: release at a random phase of its 50 ms sleep.
+        thread::sleep(Duration::from_millis(60 + jitter.below(50)));
+    } else {
+        wait_until("the waiter blocks in flock(2)", || {
+            Ok(flock_waiters(&path)? > 0)
+        })?;
+    }
     holder.poke()?;
     let released = holder.stamp()?;
     let started = waiting.stamp()?;

@@ -11,7 +11,8 @@
 //!
 //! `--only NAME` runs the benchmarks whose name contains NAME. `--smoke` runs every benchmark a few times (seconds in all) to prove the
 //! harness works; it checks the scale property (exactly one runs, all others
-//! exit 75) but no timing goal. `--python` names an interpreter that has
+//! exit 75) but no timing goal. `--onlyone BINARY` measures another build
+//! of the command (the in-process rows always use this build's library). `--python` names an interpreter that has
 //! the `filelock` package; without it the Python rows are left out.
 //! `compare helper MODE` is the command the benchmarks run under the locks
 //! (see `procs::helper`). `compare profile [N]` only takes and releases an
@@ -180,6 +181,8 @@ struct Args {
     only: Option<String>,
     out: Option<PathBuf>,
     python: Option<PathBuf>,
+    /// Another `onlyone` binary to measure (say, a patched build).
+    onlyone: Option<PathBuf>,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
@@ -188,6 +191,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
         only: None,
         out: None,
         python: None,
+        onlyone: None,
     };
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -195,6 +199,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
             "--only" => parsed.only = Some(args.next().context("--only NAME")?),
             "--out" => parsed.out = Some(args.next().context("--out FILE")?.into()),
             "--python" => parsed.python = Some(args.next().context("--python PYTHON")?.into()),
+            "--onlyone" => parsed.onlyone = Some(args.next().context("--onlyone BINARY")?.into()),
             // What `cargo bench` passes to every bench binary.
             "--bench" => {}
             other => bail!("unknown argument {other:?}"),
@@ -248,7 +253,10 @@ fn run(args: Args) -> Result<bool> {
             python.display()
         );
     }
-    let env = Env::new(args.python.clone())?;
+    let mut env = Env::new(args.python.clone())?;
+    if let Some(onlyone) = &args.onlyone {
+        env.onlyone_bin = onlyone.clone();
+    }
     // SAFETY: no other thread exists yet. The library under test reads the
     // default directory from this variable, like the `onlyone` it spawns.
     unsafe { std::env::set_var("XDG_RUNTIME_DIR", &env.runtime_dir) };
