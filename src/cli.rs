@@ -327,7 +327,14 @@ fn backend(args: &BackendArgs, kill_grace: Duration) -> anyhow::Result<Arc<dyn B
         config.heartbeat = args.heartbeat;
         config.lock_delay = args.lock_delay;
         config.kill_grace = kill_grace;
-        return Ok(Arc::new(onlyone::PostgresBackend::new(config)?));
+        let backend = onlyone::PostgresBackend::new(config)?;
+        let from_environment = std::env::var("ONLYONE_POSTGRES_URL").ok().as_ref() == Some(url);
+        if !from_environment && backend.redacted_url() != *url {
+            log::warn!(
+                "the password in --postgres can be read by every user of this machine in the process list; pass it in PGPASSWORD or ~/.pgpass instead"
+            );
+        }
+        return Ok(Arc::new(backend));
     }
     let _ = kill_grace;
     Ok(match &args.dir {
@@ -444,6 +451,10 @@ fn supervise(supervisor: &mut Supervisor, guard: &Guard, args: &RunArgs) -> anyh
                 eprintln!(
                     "onlyone: lost lock '{name}' ({reason}); the command was stopped (its status was {code})"
                 );
+                return Ok(EXIT_LOST);
+            }
+            Outcome::LostBeforeStart { reason } => {
+                eprintln!("onlyone: lost lock '{name}' ({reason}); the command was not started");
                 return Ok(EXIT_LOST);
             }
         };

@@ -22,7 +22,11 @@ fn main() -> ExitCode {
         Err(err) => {
             let mut message = format!("onlyone: error: {err}");
             for cause in err.chain().skip(1) {
-                message.push_str(&format!(": {cause}"));
+                // Messages that already quote their cause need it once.
+                let cause = cause.to_string();
+                if !message.contains(&cause) {
+                    message.push_str(&format!(": {cause}"));
+                }
             }
             eprintln!("{message}");
             let code = err

@@ -35,6 +35,12 @@ pub enum Outcome {
         /// How the command ended once stopped, as in [`Outcome::Exited`].
         code: u8,
     },
+    /// The lock was lost before the command could start; it was not
+    /// started.
+    LostBeforeStart {
+        /// Why the lock was lost.
+        reason: String,
+    },
 }
 
 /// What happened while a command ran, in the order it happened.
@@ -59,13 +65,18 @@ pub struct Supervisor {
 impl Supervisor {
     /// Takes over SIGTERM, SIGINT, SIGHUP and SIGQUIT: from now on they are
     /// forwarded to the running command, or end the supervisor between
-    /// runs. `kill_grace` is the time between SIGTERM and SIGKILL when the
+    /// runs. On Linux the process also becomes a child subreaper: orphaned
+    /// descendants of its commands are reparented to it (and reaped at the
+    /// end of each run). `kill_grace` is the time between SIGTERM and SIGKILL when the
     /// lock is lost.
     ///
     /// # Errors
     ///
     /// The signal handlers cannot be installed.
     pub fn new(kill_grace: Duration) -> Result<Supervisor> {
+        // Orphans of the command's group become our children, so that we
+        // can reap them and know when the group is gone.
+        sys::become_subreaper();
         let mut signals = Signals::new(FORWARDED_SIGNALS)
             .map_err(|e| Error::unavailable("cannot install signal handlers").with_source(e))?;
         let handle = signals.handle();
@@ -129,11 +140,29 @@ impl Supervisor {
         let (program, args) = command
             .split_first()
             .ok_or_else(|| Error::usage("no command given to run"))?;
+        // A lock lost before the start (during a lock-delay or between
+        // restarts) protects nothing: do not start.
+        if let Some(reason) = guard.lost() {
+            return Ok(Outcome::LostBeforeStart { reason });
+        }
         // An interactive command gets the terminal: it can read it, and
         // Ctrl-C reaches its group directly.
         let interactive = sys::owns_terminal();
         let mut child = spawn(guard, program, args, interactive)?;
         let pgid = child.id();
+        // The kernel kills only the command itself if we die; the guardian
+        // kills the rest of its group.
+        let guardian = match sys::Guardian::watch(pgid) {
+            Ok(guardian) => guardian,
+            Err(err) => {
+                let _ = sys::signal_group(pgid, SIGKILL);
+                let _ = child.wait();
+                return Err(Error::unavailable(
+                    "cannot start the process that stops the command if onlyone dies",
+                )
+                .with_source(err));
+            }
+        };
 
         let loss_events = self.events.clone();
         guard.loss_watch().on_loss(move |reason| {
@@ -186,14 +215,19 @@ impl Supervisor {
                 None => break,
             }
         }
-        if lost.is_some() {
-            // Whatever else of the group survived the leader must not
-            // outlive the lock either.
-            let _ = sys::signal_group(pgid, SIGKILL);
-        }
         let status = child.wait().map_err(|e| {
             Error::unavailable("cannot collect the command's exit status").with_source(e)
         })?;
+        // The lock covers the command's whole process group: whatever of
+        // it outlived the leader must be gone before the lock is released
+        // (a database lock cannot be inherited by it).
+        let grace = if lost.is_some() {
+            Duration::ZERO
+        } else {
+            self.kill_grace
+        };
+        stop_group(pgid, grace);
+        guardian.dismiss();
         if interactive {
             let _ = sys::hand_terminal_to(sys::own_process_group());
         }
@@ -222,6 +256,28 @@ impl Drop for Supervisor {
 /// As [`Supervisor::run`], or the signal handlers cannot be installed.
 pub fn run(guard: &Guard, command: &[String], kill_grace: Duration) -> Result<Outcome> {
     Supervisor::new(kill_grace)?.run(guard, command)
+}
+
+/// Stops what is left of the process group `pgid` after its leader
+/// exited: SIGTERM, `grace` to exit, then SIGKILL; returns once the group
+/// is empty.
+fn stop_group(pgid: u32, grace: Duration) {
+    if sys::group_is_gone(pgid) {
+        return;
+    }
+    log::info!("the command exited, but processes of its group remain; stopping them");
+    let _ = sys::signal_group(pgid, if grace.is_zero() { SIGKILL } else { SIGTERM });
+    if sys::wait_group_gone(pgid, grace) {
+        return;
+    }
+    log::warn!(
+        "processes of the command's group did not stop within {} after SIGTERM; sending SIGKILL",
+        humantime::format_duration(grace)
+    );
+    let _ = sys::signal_group(pgid, SIGKILL);
+    if !sys::wait_group_gone(pgid, Duration::from_secs(10)) {
+        log::error!("processes of the command's group {pgid} survive SIGKILL");
+    }
 }
 
 fn spawn(guard: &Guard, program: &str, args: &[String], interactive: bool) -> Result<Child> {

@@ -77,13 +77,7 @@ pub enum SocketProbe {
 impl HolderSocket {
     /// Binds the socket named `name`; `Ok(None)` when another process has it.
     pub fn bind(name: &[u8]) -> io::Result<Option<HolderSocket>> {
-        let addr = SocketAddrUnix::new_abstract_name(name)?;
-        let fd = socket_with(
-            AddressFamily::UNIX,
-            SocketType::STREAM,
-            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-            None,
-        )?;
+        let (fd, addr) = unix_socket(name)?;
         match bind(&fd, &addr) {
             Ok(()) => {}
             Err(rustix::io::Errno::ADDRINUSE) => return Ok(None),
@@ -106,13 +100,7 @@ impl HolderSocket {
 
     /// Asks whether someone listens on the socket `name`, without binding it.
     pub fn probe(name: &[u8]) -> io::Result<SocketProbe> {
-        let addr = SocketAddrUnix::new_abstract_name(name)?;
-        let fd = socket_with(
-            AddressFamily::UNIX,
-            SocketType::STREAM,
-            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-            None,
-        )?;
+        let (fd, addr) = unix_socket(name)?;
         match connect(&fd, &addr) {
             Ok(()) => {
                 let pid = sockopt::socket_peercred(&fd)
@@ -126,6 +114,18 @@ impl HolderSocket {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// A non-blocking stream socket, and the abstract address `name`.
+fn unix_socket(name: &[u8]) -> io::Result<(OwnedFd, SocketAddrUnix)> {
+    let addr = SocketAddrUnix::new_abstract_name(name)?;
+    let fd = socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    Ok((fd, addr))
 }
 
 /// In a freshly forked child: ask the kernel to kill us with SIGKILL when
@@ -222,6 +222,11 @@ pub fn children_of(pid: u32) -> Vec<u32> {
                 .collect::<Vec<u32>>()
         })
         .collect()
+}
+
+/// Makes orphaned descendants our children instead of init's.
+pub fn become_subreaper() {
+    let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
 }
 
 #[cfg(test)]

@@ -120,3 +120,107 @@ pub fn process_group_of(pid: u32) -> Option<u32> {
         .ok()
         .map(|pgid| pgid.as_raw_nonzero().get() as u32)
 }
+
+/// A small process that kills a command's whole process group with
+/// SIGKILL if the supervisor dies: the kernel's parent-death signal
+/// reaches only the command itself, not what it started. It notices the
+/// death as end-of-file on a pipe whose only writer is the supervisor.
+#[derive(Debug)]
+pub struct Guardian {
+    pid: Pid,
+    stand_down: Option<std::os::fd::OwnedFd>,
+}
+
+impl Guardian {
+    /// Forks the guardian of process group `pgid`.
+    pub fn watch(pgid: u32) -> io::Result<Guardian> {
+        use std::os::fd::AsRawFd;
+        let group = i32::try_from(pgid).map_err(io::Error::other)?;
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let read_fd = read.as_raw_fd();
+        // SAFETY: the child only makes async-signal-safe calls (setpgid,
+        // signal, close, read, kill, _exit), as required after fork in a
+        // process with threads; it never returns into Rust code.
+        match unsafe { libc::fork() } {
+            -1 => Err(io::Error::last_os_error()),
+            0 => unsafe { guard(read_fd, group) },
+            pid => Ok(Guardian {
+                pid: Pid::from_raw(pid).ok_or_else(|| io::Error::other("fork gave pid 0"))?,
+                stand_down: Some(write),
+            }),
+        }
+    }
+
+    /// The command ended normally: the guardian exits without killing, and
+    /// is reaped.
+    pub fn dismiss(mut self) {
+        if let Some(write) = self.stand_down.take() {
+            let _ = rustix::io::write(&write, &[1]);
+        }
+        let _ = rustix::process::waitpid(Some(self.pid), rustix::process::WaitOptions::empty());
+    }
+}
+
+/// The guardian's whole life, in the forked child.
+unsafe fn guard(read_fd: i32, group: i32) -> ! {
+    unsafe {
+        // Out of the supervisor's group and deaf to the signals aimed at
+        // it, so that only the supervisor's end can set it off.
+        libc::setpgid(0, 0);
+        for signal in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGQUIT] {
+            libc::signal(signal, libc::SIG_IGN);
+        }
+        // Hold nothing of the supervisor's: not its lock descriptors (the
+        // lock must go when the supervisor releases it), not its output.
+        for fd in 0..1024 {
+            if fd != read_fd {
+                libc::close(fd);
+            }
+        }
+        let mut byte = 0u8;
+        let read = loop {
+            let read = libc::read(read_fd, (&raw mut byte).cast(), 1);
+            if read >= 0 || *libc::__errno_location() != libc::EINTR {
+                break read;
+            }
+        };
+        if read == 0 {
+            libc::kill(-group, libc::SIGKILL);
+        }
+        libc::_exit(0)
+    }
+}
+
+/// True when no process is left in the group `pgid`.
+pub fn group_is_gone(pgid: u32) -> bool {
+    match Pid::from_raw(pgid as i32) {
+        Some(pid) => matches!(
+            rustix::process::test_kill_process_group(pid),
+            Err(rustix::io::Errno::SRCH)
+        ),
+        None => true,
+    }
+}
+
+/// Waits up to `timeout` for the group `pgid` to be empty, reaping those of
+/// its processes that are our children (orphans come to a subreaper).
+/// There is no event for "a group is empty", so this checks every 2 ms.
+pub fn wait_group_gone(pgid: u32, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    let Some(group) = Pid::from_raw(pgid as i32) else {
+        return true;
+    };
+    let reap = rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOHANG;
+    loop {
+        while let Ok(Some(_)) =
+            rustix::process::waitid(rustix::process::WaitId::Pgid(Some(group)), reap)
+        {}
+        if group_is_gone(pgid) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}

@@ -6,7 +6,10 @@ mod util;
 
 mod bad_input;
 mod library;
+mod model;
 mod operate;
+mod postgres_lib;
+mod postgres_run;
 mod properties;
 mod regression;
 mod run;

@@ -312,36 +312,60 @@ fn lock_directory_owned_by_another_user_is_refused() {
 }
 
 /// The supervisor killed with SIGKILL while its command runs: the kernel
-/// kills the command, and a descendant that survives keeps the inherited
+/// kills the command, the guardian kills the rest of its process group,
+/// and a descendant that escaped the group (setsid) keeps the inherited
 /// lock, so no second instance can start while any of them runs.
 #[test]
 fn supervisor_killed_with_sigkill_allows_no_second_instance() {
     let env = TestEnv::new();
     let pids = env.path("pids");
     let script = format!(
-        "sleep 1000 & echo $$ $! > {}; echo ready; wait",
+        "sleep 1000 & in_group=$!; setsid sleep 1000 & escaped=$!; \
+         echo $$ $in_group $escaped > {}; echo ready; wait",
         pids.display()
     );
     let holder = env.hold("bot", &script);
     let supervisor = holder.pid();
     let recorded = fs::read_to_string(&pids).unwrap();
-    let mut recorded = recorded
+    let recorded: Vec<u32> = recorded
         .split_whitespace()
-        .map(|p| p.parse::<u32>().unwrap());
-    let (command, grandchild) = (recorded.next().unwrap(), recorded.next().unwrap());
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let (command, in_group, escaped) = (recorded[0], recorded[1], recorded[2]);
     holder.kill();
     assert!(!pid_alive(supervisor));
+    crate::util::wait_for_exit(command);
+    crate::util::wait_for_exit(in_group);
+    assert!(pid_alive(escaped));
 
     let second = env.run(&["run", "--name", "bot", "--", "true"]);
     assert_eq!(code(second.status), 75, "{}", stderr(&second));
-    assert!(!pid_alive(command), "the command died with its supervisor");
-    assert!(pid_alive(grandchild));
 
-    // The lock is free once the kernel has closed the grandchild's
+    // The lock is free once the kernel has closed the escaped process's
     // descriptors: wait for that in the kernel, not with a sleep.
-    crate::util::signal_pid(grandchild, libc::SIGKILL);
+    crate::util::signal_pid(escaped, libc::SIGKILL);
     let third = env.run(&["run", "--name", "bot", "--timeout", "20s", "--", "true"]);
     assert_eq!(code(third.status), 0, "{}", stderr(&third));
+}
+
+/// The command exits while processes of its group still run: they are
+/// stopped (SIGTERM) before the lock is released, so nothing the lock
+/// protected outlives it.
+#[test]
+fn leftover_group_processes_are_stopped_before_release() {
+    let env = TestEnv::new();
+    let pid_file = env.path("leftover");
+    let script = format!("sleep 1000 & echo $! > {}", pid_file.display());
+    let out = env.run(&["run", "--name", "bot", "--", "sh", "-c", &script]);
+    assert_eq!(code(out.status), 0, "{}", stderr(&out));
+    let leftover: u32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!pid_alive(leftover), "the leftover sleep was stopped");
+    let next = env.run(&["run", "--name", "bot", "--", "true"]);
+    assert_eq!(code(next.status), 0, "{}", stderr(&next));
 }
 
 /// Runs a closure when dropped (undo a change even when a test fails).

@@ -154,6 +154,38 @@ impl PgCluster {
         String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 
+    /// From now on, TCP connections must give `password` (scram) for user
+    /// postgres; `psql` here goes on working through the Unix socket only
+    /// if called with the password, so call this last.
+    pub fn require_password(&self, password: &str) {
+        self.psql(&format!("alter role postgres password '{password}'"));
+        let hba = self.data_dir().join("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .expect("write pg_hba.conf");
+        self.psql("select pg_reload_conf()");
+        // The postmaster applies the reload asynchronously: wait until a
+        // connection without the password is refused.
+        let psql = self.bindir.join("psql");
+        let program = if psql.exists() { psql } else { "psql".into() };
+        for _ in 0..500 {
+            let trusted = Command::new(&program)
+                .args(["-X", "-w", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(["-U", "postgres", "-d", "postgres", "-c", "select 1"])
+                .env_remove("PGPASSWORD")
+                .stdin(Stdio::null())
+                .output()
+                .expect("run psql");
+            if !trusted.status.success() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the server still trusts TCP connections after reloading pg_hba.conf");
+    }
+
     /// A cluster value whose temp dir exists, owned by the server user, and
     /// whose Drop cleans up even if the rest of the setup panics.
     fn in_new_temp_dir(settings: Vec<(String, String)>) -> PgCluster {
