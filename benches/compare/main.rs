@@ -21,6 +21,7 @@
 mod breakdown;
 mod commands;
 mod inproc;
+mod postgres;
 mod procs;
 mod report;
 mod stats;
@@ -44,6 +45,12 @@ pub struct Config {
     memory_runs: usize,
     scale_n: usize,
     scale_runs: usize,
+    pg_rounds: usize,
+    pg_batch: usize,
+    pg_failover_runs: usize,
+    pg_failover_short_runs: usize,
+    pg_partition_runs: usize,
+    pg_names: usize,
 }
 
 impl Config {
@@ -58,6 +65,12 @@ impl Config {
             memory_runs: 7,
             scale_n: 1000,
             scale_runs: 3,
+            pg_rounds: 10,
+            pg_batch: 20,
+            pg_failover_runs: 5,
+            pg_failover_short_runs: 20,
+            pg_partition_runs: 3,
+            pg_names: 1000,
         }
     }
 
@@ -72,6 +85,14 @@ impl Config {
             memory_runs: 1,
             scale_n: 100,
             scale_runs: 1,
+            pg_rounds: 1,
+            pg_batch: 2,
+            // A default failover waits 10 s and a partition over 20 s by
+            // design: too long for a smoke run.
+            pg_failover_runs: 0,
+            pg_failover_short_runs: 1,
+            pg_partition_runs: 0,
+            pg_names: 10,
         }
     }
 }
@@ -290,8 +311,58 @@ fn run(args: Args) -> Result<bool> {
             failed.push(name);
         }
     }
-    for row in postgres_rows() {
-        report.row(row);
+    let pg_rows = [
+        ("PostgreSQL acquire + release", "report the ratio"),
+        (
+            "failover after SIGKILL of the holder, PostgreSQL",
+            "p99 ≤ 50 ms on loopback",
+        ),
+        (
+            "partition failover, PostgreSQL (frozen proxy)",
+            "≤ 20 s with 0 overlap",
+        ),
+        (
+            "supervisor memory while the command runs, PostgreSQL",
+            "RSS ≤ 8 MB",
+        ),
+        (
+            "scale: names held by one process, PostgreSQL (library)",
+            "report acquire time and memory",
+        ),
+    ];
+    let wanted = |name: &str| {
+        args.only
+            .as_ref()
+            .is_none_or(|only| name.contains(only.as_str()))
+    };
+    if pg_rows.iter().any(|(name, _)| wanted(name)) {
+        println!("bench: starting a throwaway PostgreSQL cluster");
+        match postgres::start_cluster(&config) {
+            Ok(cluster) => {
+                type PgBench = fn(&Config, &Env, &postgres::PgCluster, &mut Report) -> Result<()>;
+                let benches: [(&str, PgBench); 5] = [
+                    (pg_rows[0].0, postgres::acquire),
+                    (pg_rows[1].0, postgres::failover),
+                    (pg_rows[2].0, postgres::partition),
+                    (pg_rows[3].0, postgres::memory),
+                    (pg_rows[4].0, postgres::many_names),
+                ];
+                for (name, bench) in benches.iter().filter(|(name, _)| wanted(name)) {
+                    println!("bench: {name}");
+                    ran += 1;
+                    if let Err(err) = bench(&config, &env, &cluster, &mut report) {
+                        eprintln!("bench: {name} FAILED: {err:#}");
+                        failed.push(name);
+                    }
+                }
+            }
+            Err(why) => {
+                eprintln!("bench: {why}; the PostgreSQL rows are not measured");
+                for (name, goal) in pg_rows.iter().filter(|(name, _)| wanted(name)) {
+                    report.row(Row::not_measured(name, goal, &why));
+                }
+            }
+        }
     }
 
     if let Some(out) = &args.out {
@@ -308,36 +379,6 @@ fn run(args: Args) -> Result<bool> {
         failed.len()
     );
     Ok(!failed.is_empty())
-}
-
-/// The PostgreSQL rows of the issue, until its backend lands on main.
-fn postgres_rows() -> Vec<Row> {
-    let why = "the PostgreSQL backend has not landed on main yet";
-    [
-        (
-            "failover after SIGKILL of the holder, PostgreSQL",
-            "p99 ≤ 50 ms on loopback",
-        ),
-        (
-            "PostgreSQL acquire + release on an open connection",
-            "report the ratio vs raw `pg_try_advisory_lock` + `pg_advisory_unlock`",
-        ),
-        (
-            "partition failover, PostgreSQL (frozen proxy)",
-            "≤ 20 s with 0 overlap (consul lock ≈ 45 s)",
-        ),
-        (
-            "supervisor memory while the command runs, PostgreSQL",
-            "RSS ≤ 8 MB",
-        ),
-        (
-            "scale: 1,000 names held over one PostgreSQL session (library)",
-            "report acquire time and memory",
-        ),
-    ]
-    .into_iter()
-    .map(|(what, goal)| Row::not_measured(what, goal, why))
-    .collect()
 }
 
 /// What the numbers were measured on, and how to get them again.

@@ -46,6 +46,19 @@ pub fn helper(mode: &str, arg: Option<&str>) -> ! {
             let _ = std::io::stdin().lock().read_line(&mut line);
             let _ = writeln!(out, "{}", monotonic_ns());
         }
+        // A command that is stopped: prints the time SIGTERM ends it.
+        "hold-term" => {
+            let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM])
+                .expect("catch SIGTERM");
+            let _ = writeln!(out, "ready {}", std::process::id());
+            let _ = out.flush();
+            thread::spawn(|| {
+                thread::sleep(HELPER_LIFETIME);
+                std::process::exit(1);
+            });
+            signals.forever().next();
+            let _ = writeln!(out, "{}", monotonic_ns());
+        }
         // A command that only has to be running: for SIGKILL and memory.
         "sleep" => {
             let _ = writeln!(out, "ready {}", std::process::id());
@@ -118,12 +131,17 @@ impl Proc {
 
     /// The next line of stdout.
     pub fn line(&mut self) -> Result<String> {
-        match self.lines.recv_timeout(EVENT_TIMEOUT) {
+        self.line_within(EVENT_TIMEOUT)
+    }
+
+    /// The next line of stdout, waiting at most `timeout`.
+    pub fn line_within(&mut self, timeout: Duration) -> Result<String> {
+        match self.lines.recv_timeout(timeout) {
             Ok(line) => Ok(line),
             Err(_) => {
                 let status = self.child.try_wait().ok().flatten();
                 bail!(
-                    "{}: no output within {EVENT_TIMEOUT:?} (exit status: {status:?})",
+                    "{}: no output within {timeout:?} (exit status: {status:?})",
                     self.what
                 )
             }
@@ -140,7 +158,12 @@ impl Proc {
 
     /// The next line, which must be a CLOCK_MONOTONIC stamp.
     pub fn stamp(&mut self) -> Result<u64> {
-        let line = self.line()?;
+        self.stamp_within(EVENT_TIMEOUT)
+    }
+
+    /// A stamp, waiting at most `timeout` for it.
+    pub fn stamp_within(&mut self, timeout: Duration) -> Result<u64> {
+        let line = self.line_within(timeout)?;
         line.trim()
             .parse()
             .with_context(|| format!("{}: expected a time stamp, got {line:?}", self.what))
