@@ -282,6 +282,7 @@ fn run(args: Args) -> Result<bool> {
     // default directory from this variable, like the `onlyone` it spawns.
     unsafe { std::env::set_var("XDG_RUNTIME_DIR", &env.runtime_dir) };
 
+    let load_at_start = load_average();
     let mut report = Report::new(config.smoke);
     type Bench = fn(&Config, &Env, &mut Report) -> Result<()>;
     let benches: [(&str, Bench); 8] = [
@@ -366,8 +367,9 @@ fn run(args: Args) -> Result<bool> {
     }
 
     if let Some(out) = &args.out {
-        let preamble = preamble(&config, &env, args.out.as_deref())?;
-        std::fs::write(out, report.markdown(&preamble))
+        let preamble = preamble(&config, &env, &load_at_start)?;
+        let analysis = include_str!("findings.md");
+        std::fs::write(out, report.markdown(&preamble, analysis))
             .with_context(|| format!("write {}", out.display()))?;
         println!("bench: wrote {}", out.display());
     }
@@ -381,8 +383,17 @@ fn run(args: Args) -> Result<bool> {
     Ok(!failed.is_empty())
 }
 
+/// The 1, 5 and 15 minute load averages: how busy the shared machine was.
+fn load_average() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// What the numbers were measured on, and how to get them again.
-fn preamble(config: &Config, env: &Env, _out: Option<&Path>) -> Result<String> {
+fn preamble(config: &Config, env: &Env, load_at_start: &str) -> Result<String> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -396,8 +407,6 @@ fn preamble(config: &Config, env: &Env, _out: Option<&Path>) -> Result<String> {
         .release()
         .to_string_lossy()
         .into_owned();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
     let date = humantime::format_rfc3339_seconds(SystemTime::now());
     let version = |program: &Path, args: &[&str]| -> String {
         Command::new(program)
@@ -428,7 +437,8 @@ fn preamble(config: &Config, env: &Env, _out: Option<&Path>) -> Result<String> {
          (`benches/compare/`, `benches/filelock_peer.py`); do not edit by hand.\n\
          \n\
          - Date: {date}\n\
-         - Machine: {cores} cores, {cpu}, Linux {kernel}; load average at start {load}\n\
+         - Machine: {cores} cores, {cpu}, Linux {kernel}; load average {load_at_start} \
+           at the start, {load_at_end} at the end\n\
          - Build: release (`cargo bench`), {rustc}\n\
          - Peers: {flock_version}; {python}; fd-lock 4\n\
          - Lock files on the scratch directory's filesystem (`$TMPDIR`); onlyone uses \
@@ -439,7 +449,7 @@ fn preamble(config: &Config, env: &Env, _out: Option<&Path>) -> Result<String> {
          samples; peers were measured in the same run, interleaved with onlyone, \
          and every ratio is against numbers from this run. The machine is shared \
          with other work, so single samples are noisy; medians are not.\n",
-        load = load.join(" "),
+        load_at_end = load_average(),
         mode = if config.smoke {
             "smoke (timings meaningless)"
         } else {

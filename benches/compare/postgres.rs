@@ -598,9 +598,9 @@ pub fn many_names(
         (
             "RSS added while holding",
             format!(
-                "{} ({} per name)",
+                "{} ({} kB per name)",
                 fmt_kb(rss_after.saturating_sub(rss_before)),
-                fmt_kb(rss_after.saturating_sub(rss_before) / n.max(1) as u64)
+                rss_after.saturating_sub(rss_before) / n.max(1) as u64
             ),
         ),
         (

@@ -120,8 +120,9 @@ impl Report {
         self.details.push(detail);
     }
 
-    /// The whole document: `preamble` (machine, date, command) first.
-    pub fn markdown(&self, preamble: &str) -> String {
+    /// The whole document: `preamble` (machine, date, command), the
+    /// summary, `analysis` (written by hand), then the details.
+    pub fn markdown(&self, preamble: &str, analysis: &str) -> String {
         let mut doc = String::from(preamble);
         doc.push_str("\n## Summary\n\n");
         table(
@@ -145,6 +146,8 @@ impl Report {
                 ]
             }),
         );
+        doc.push('\n');
+        doc.push_str(analysis);
         for detail in &self.details {
             let _ = write!(doc, "\n## {}\n\n{}\n\n", detail.title, detail.method);
             let header: Vec<&str> = detail.header.iter().map(String::as_str).collect();
