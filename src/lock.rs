@@ -10,6 +10,29 @@ use crate::name::LockName;
 
 /// A named lock in a backend. Cheap to clone; taking it gives a
 /// [`Guard`](crate::Guard).
+///
+/// # Example
+///
+/// Wait at most 30 seconds for a lock shared by a group of users:
+///
+/// ```no_run
+/// # fn main() -> Result<(), onlyone::Error> {
+/// use std::time::Duration;
+/// use onlyone::{Attempt, FileBackend, Lock};
+///
+/// let lock = Lock::new("backup", FileBackend::new("/srv/locks"))?
+///     .command(vec!["backup".into(), "--full".into()]);
+/// match lock.acquire(Some(Duration::from_secs(30)))? {
+///     Attempt::Acquired(guard) => {
+///         // Hand the token to the storage so it can refuse older holders.
+///         let _token = guard.token();
+///         // ... if guard.lost() is ever Some, stop writing at once ...
+///     }
+///     Attempt::Held(holder) => eprintln!("gave up: held by {holder}"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Lock {
     name: LockName,

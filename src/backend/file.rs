@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 use rustix::fs::{Mode, OFlags};
 use sha2::{Digest, Sha256};
 
-use crate::backend::{Attempt, Backend, Guard, Held, Holder, LossWatch, Status};
+use crate::backend::{
+    Attempt, Backend, Guard, Held, Holder, LossWatch, Status, first_free, free_now, rounds,
+};
 use crate::error::{Error, Result};
 use crate::name::LockName;
 use crate::record::{MAX_RECORD_LEN, Record};
@@ -504,33 +506,13 @@ impl Backend for FileBackend {
         command: &[String],
         timeout: Option<Duration>,
     ) -> Result<Attempt> {
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        loop {
-            // Watch before trying, so that a release between a failed try
-            // and the wait still wakes us.
-            let watch = self
-                .prepare_dir()
-                .ok()
-                .and_then(|_| sys::DirWatch::new(&self.dir));
-            let mut first_holder = None;
-            for name in names {
-                match self.try_acquire(name, command)? {
-                    Attempt::Acquired(guard) => return Ok(Attempt::Acquired(guard)),
-                    Attempt::Held(holder) => {
-                        first_holder.get_or_insert(holder);
-                    }
-                }
-            }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if left == Some(Duration::ZERO) {
-                return Ok(Attempt::Held(first_holder.unwrap_or_default()));
-            }
-            let nap = left.unwrap_or(Duration::MAX).min(Duration::from_secs(1));
-            match &watch {
-                Some(watch) => watch.wait(nap),
-                None => thread::sleep(nap.min(Duration::from_millis(50))),
-            }
-        }
+        let first = rounds(
+            timeout,
+            || self.watch_dir(),
+            wait_for_dir,
+            || first_free(self, names, command),
+        )?;
+        Ok(first.map_or_else(Attempt::Held, Attempt::Acquired))
     }
 
     fn stop_holder(&self, name: &LockName, signal: i32) -> Result<bool> {
@@ -566,25 +548,33 @@ impl Backend for FileBackend {
     }
 
     fn wait_free(&self, name: &LockName, timeout: Option<Duration>) -> Result<bool> {
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let watch = sys::DirWatch::new(&self.dir);
-        loop {
-            if !self.status(name)?.held {
-                return Ok(true);
-            }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if left == Some(Duration::ZERO) {
-                return Ok(false);
-            }
-            // A release closes the lock file, which wakes the watch at once;
-            // the periodic re-check only covers a holder that unlocks
-            // without closing (flock -u) or a deleted directory.
-            let nap = left.unwrap_or(Duration::MAX).min(Duration::from_secs(1));
-            match &watch {
-                Some(watch) => watch.wait(nap),
-                None => thread::sleep(nap.min(Duration::from_millis(50))),
-            }
-        }
+        let free = rounds(
+            timeout,
+            || self.watch_dir(),
+            wait_for_dir,
+            || free_now(self, name),
+        )?;
+        Ok(free.is_ok())
+    }
+}
+
+impl FileBackend {
+    /// Watches the lock directory for closed, deleted and renamed files.
+    fn watch_dir(&self) -> Option<sys::DirWatch> {
+        self.prepare_dir()
+            .ok()
+            .and_then(|_| sys::DirWatch::new(&self.dir))
+    }
+}
+
+/// Waits for a change in the lock directory. A release closes the lock
+/// file, which wakes the watch at once; the re-check after at most a second
+/// only covers a holder that unlocks without closing (`flock -u`).
+fn wait_for_dir(watch: &Option<sys::DirWatch>, left: Duration) {
+    let left = left.min(Duration::from_secs(1));
+    match watch {
+        Some(watch) => watch.wait(left),
+        None => thread::sleep(left.min(Duration::from_millis(50))),
     }
 }
 

@@ -71,23 +71,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
         command: &[String],
         timeout: Option<Duration>,
     ) -> Result<Attempt> {
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        loop {
-            let mut first_holder = None;
-            for name in names {
-                match self.try_acquire(name, command)? {
-                    Attempt::Acquired(guard) => return Ok(Attempt::Acquired(guard)),
-                    Attempt::Held(holder) => {
-                        first_holder.get_or_insert(holder);
-                    }
-                }
-            }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if left == Some(Duration::ZERO) {
-                return Ok(Attempt::Held(first_holder.unwrap_or_default()));
-            }
-            std::thread::sleep(left.unwrap_or(Duration::MAX).min(Duration::from_millis(50)));
-        }
+        let first = rounds(timeout, || (), nap, || first_free(self, names, command))?;
+        Ok(first.map_or_else(Attempt::Held, Attempt::Acquired))
     }
 
     /// Asks the current holder of `name` to stop, identifying it exactly
@@ -114,18 +99,78 @@ pub trait Backend: Send + Sync + fmt::Debug {
     ///
     /// The backend cannot be used.
     fn wait_free(&self, name: &LockName, timeout: Option<Duration>) -> Result<bool> {
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        loop {
-            if !self.status(name)?.held {
-                return Ok(true);
+        let free = rounds(timeout, || (), nap, || free_now(self, name))?;
+        Ok(free.is_ok())
+    }
+}
+
+/// What one round of a waiting loop found.
+pub(crate) enum Round<T, P> {
+    /// What was waited for.
+    Done(T),
+    /// Not yet; this is what to report if time runs out now.
+    Pending(P),
+}
+
+/// Runs `round` until it is done, or until `timeout` has passed (then the
+/// last round's pending value is the error). A watch is made before each
+/// round, so that a change during the round is not missed, and `wait`
+/// blocks on it between rounds for at most the time left.
+pub(crate) fn rounds<T, P, W>(
+    timeout: Option<Duration>,
+    watch: impl Fn() -> W,
+    wait: impl Fn(&W, Duration),
+    mut round: impl FnMut() -> Result<Round<T, P>>,
+) -> Result<std::result::Result<T, P>> {
+    // A deadline too far away to represent is no deadline.
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    loop {
+        let watcher = watch();
+        let pending = match round()? {
+            Round::Done(done) => return Ok(Ok(done)),
+            Round::Pending(pending) => pending,
+        };
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left == Some(Duration::ZERO) {
+            return Ok(Err(pending));
+        }
+        wait(&watcher, left.unwrap_or(Duration::MAX));
+    }
+}
+
+/// Waiting without an event to wake up on: check again in 50 ms.
+pub(crate) fn nap<W>(_: &W, left: Duration) {
+    std::thread::sleep(left.min(Duration::from_millis(50)));
+}
+
+/// One try at each of `names`: the first taken, or the first holder seen.
+pub(crate) fn first_free(
+    backend: &(impl Backend + ?Sized),
+    names: &[LockName],
+    command: &[String],
+) -> Result<Round<Guard, Holder>> {
+    let mut first_holder = None;
+    for name in names {
+        match backend.try_acquire(name, command)? {
+            Attempt::Acquired(guard) => return Ok(Round::Done(guard)),
+            Attempt::Held(holder) => {
+                first_holder.get_or_insert(holder);
             }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if left == Some(Duration::ZERO) {
-                return Ok(false);
-            }
-            std::thread::sleep(left.unwrap_or(Duration::MAX).min(Duration::from_millis(50)));
         }
     }
+    Ok(Round::Pending(first_holder.unwrap_or_default()))
+}
+
+/// Whether `name` is free now, as a round of waiting for it.
+pub(crate) fn free_now(
+    backend: &(impl Backend + ?Sized),
+    name: &LockName,
+) -> Result<Round<(), ()>> {
+    Ok(if backend.status(name)?.held {
+        Round::Pending(())
+    } else {
+        Round::Done(())
+    })
 }
 
 /// A lock held by a backend. [`Guard`] wraps it; implement this to add a

@@ -436,3 +436,64 @@ fn connection_failures_are_one_line_without_the_password() {
     );
     assert!(!stderr(&out).contains("wrong-pw"), "{}", stderr(&out));
 }
+
+/// `stop --postgres` ends the holder's session; the holder's own onlyone
+/// then stops its command and exits 74.
+#[test]
+fn stop_ends_the_holders_session_and_its_command() {
+    let env = TestEnv::new();
+    let name = unique("pg-stop");
+    let mut holder = start(
+        &env,
+        &run_args(&url(), &name, &[], &witnessed(&env, "ready")),
+    );
+    holder.expect_stdout_line("ready");
+    let out = env.run(&["stop", "--postgres", &url(), &name]);
+    assert_eq!(code(out.status), 0, "{}", stderr(&out));
+    let (status, _, err) = holder.finish();
+    assert_eq!(code(status), 74, "{err}");
+
+    let again = env.run(&["stop", "--postgres", &url(), &name]);
+    assert_eq!(code(again.status), 3, "{}", stderr(&again));
+}
+
+/// `run --replace --postgres`: the old holder is stopped through its
+/// session, and the new command starts only after the lock-delay.
+#[test]
+fn replace_across_machines_honours_the_lock_delay() {
+    let env = TestEnv::new();
+    let name = unique("pg-replace");
+    let mut holder = start(
+        &env,
+        &run_args(&url(), &name, &[], &witnessed(&env, "ready")),
+    );
+    holder.expect_stdout_line("ready");
+    let replaced_at = Instant::now();
+    let mut new = start(
+        &env,
+        &run_args(&url(), &name, &["--replace"], &witnessed(&env, "new")),
+    );
+    new.expect_stdout_line("new");
+    assert!(replaced_at.elapsed() >= LOCK_DELAY);
+    let (status, _, err) = holder.finish();
+    assert_eq!(code(status), 74, "{err}");
+}
+
+/// `wait --postgres` returns once the holder is gone, without taking the
+/// lock.
+#[test]
+fn wait_returns_when_the_holder_is_gone() {
+    let env = TestEnv::new();
+    let name = unique("pg-wait");
+    let mut holder = start(
+        &env,
+        &run_args(&url(), &name, &[], "echo ready; exec sleep 1000"),
+    );
+    holder.expect_stdout_line("ready");
+    let timed_out = env.run(&["wait", "--postgres", &url(), &name, "--timeout", "200ms"]);
+    assert_eq!(code(timed_out.status), 75, "{}", stderr(&timed_out));
+    let waiter = env.start(&["wait", "--postgres", &url(), &name]);
+    holder.signal(libc::SIGTERM);
+    let (status, _, err) = waiter.finish();
+    assert_eq!(code(status), 0, "{err}");
+}

@@ -115,12 +115,17 @@ fn lock_file_deleted_while_held_refuses_second_start_and_is_restored() {
     let env = TestEnv::new();
     let mut holder = env.hold_sleeping("bot");
     let before = fs::read_to_string(env.lock_file("bot")).unwrap();
+    let deleted_at = std::time::Instant::now();
     fs::remove_file(env.lock_file("bot")).unwrap();
+    holder.expect_stderr_containing("was deleted or replaced while held; restored it");
+    let restored_after = deleted_at.elapsed();
+    assert!(
+        restored_after < std::time::Duration::from_millis(100),
+        "restored after {restored_after:?}"
+    );
 
     let second = env.run(&["run", "--name", "bot", "--", "true"]);
     assert_eq!(code(second.status), 75, "{}", stderr(&second));
-
-    holder.expect_stderr_containing("was deleted or replaced while held; restored it");
     assert_eq!(fs::read_to_string(env.lock_file("bot")).unwrap(), before);
     let third = env.run(&["run", "--name", "bot", "--", "true"]);
     assert_eq!(code(third.status), 75, "{}", stderr(&third));
@@ -129,6 +134,22 @@ fn lock_file_deleted_while_held_refuses_second_start_and_is_restored() {
         .status()
         .unwrap();
     assert_eq!(flock.code(), Some(1), "the restored file is locked again");
+}
+
+/// Between the deletion and the holder's restoration, a starter creates
+/// and locks a fresh file at the path: the holder's socket still refuses
+/// it, and the holder then restores its record into that file.
+#[test]
+fn starter_racing_the_restoration_is_refused() {
+    let env = TestEnv::new();
+    let mut holder = env.hold_sleeping("bot");
+    for _ in 0..20 {
+        fs::remove_file(env.lock_file("bot")).unwrap();
+        let racer = env.run(&["run", "--name", "bot", "--", "echo", "RAN"]);
+        assert_eq!(code(racer.status), 75, "{}", stderr(&racer));
+        assert!(racer.stdout.is_empty());
+        holder.expect_stderr_containing("restored it");
+    }
 }
 
 /// The cleanup script removed the whole lock directory.
@@ -319,10 +340,15 @@ fn lock_directory_owned_by_another_user_is_refused() {
 fn supervisor_killed_with_sigkill_allows_no_second_instance() {
     let env = TestEnv::new();
     let pids = env.path("pids");
+    let escaped_fifo = env.path("escaped");
+    // The escaped process says so through a FIFO once it has left the
+    // group, so that the kill below cannot catch it still inside.
     let script = format!(
-        "sleep 1000 & in_group=$!; setsid sleep 1000 & escaped=$!; \
-         echo $$ $in_group $escaped > {}; echo ready; wait",
-        pids.display()
+        "mkfifo {fifo}; sleep 1000 & in_group=$!; \
+         setsid sh -c 'echo > {fifo}; exec sleep 1000' & escaped=$!; read x < {fifo}; \
+         echo $$ $in_group $escaped > {pids}; echo ready; wait",
+        fifo = escaped_fifo.display(),
+        pids = pids.display()
     );
     let holder = env.hold("bot", &script);
     let supervisor = holder.pid();

@@ -16,7 +16,7 @@ use self::conninfo::Target;
 use self::heartbeat::{Keep, PostgresHeld};
 use self::session::{Session, Wait};
 use self::state::{Row, ServerView, Table};
-use crate::backend::{Attempt, Backend, Guard, Holder, Status};
+use crate::backend::{Attempt, Backend, Guard, Holder, Round, Status, rounds};
 use crate::error::{Error, Result};
 use crate::name::LockName;
 use crate::record::Record;
@@ -125,6 +125,20 @@ impl fmt::Debug for PostgresConfig {
 }
 
 /// Locks held as PostgreSQL session-level advisory locks.
+///
+/// ```no_run
+/// # fn main() -> Result<(), onlyone::Error> {
+/// use onlyone::{Attempt, Lock, PostgresBackend, PostgresConfig};
+///
+/// // The password comes from PGPASSWORD or ~/.pgpass.
+/// let backend = PostgresBackend::new(PostgresConfig::new("postgres://bot@db1/app"))?;
+/// if let Attempt::Acquired(guard) = Lock::new("report", backend)?.try_acquire()? {
+///     let watch = guard.loss_watch(); // fires if the session is lost
+///     # let _ = watch;
+/// }
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// # The lock
 ///
@@ -432,6 +446,58 @@ impl Backend for PostgresBackend {
         });
         session.close();
         list
+    }
+
+    /// Ends the holder's database session (`pg_terminate_backend`): its
+    /// heartbeat then reports the loss, and its own supervisor stops its
+    /// command (SIGTERM, kill grace, SIGKILL) wherever it runs. `signal`
+    /// cannot be sent across machines and is not used.
+    fn stop_holder(&self, name: &LockName, _signal: i32) -> Result<bool> {
+        let key = self.key(name);
+        let mut session = Session::open(&self.target, &application_name("stop"))?;
+        let stopped = terminate_holder(&mut session, key);
+        session.close();
+        stopped
+    }
+
+    /// Nothing tells a bystander that an advisory lock was released, and
+    /// taking the lock (even shared) to find out would make a real starter
+    /// fail: one session checks `pg_locks` every heartbeat interval.
+    fn wait_free(&self, name: &LockName, timeout: Option<Duration>) -> Result<bool> {
+        let key = self.key(name);
+        let mut session = Session::open(&self.target, &application_name("wait"))?;
+        let interval = self.config.heartbeat;
+        let free = rounds(
+            timeout,
+            || (),
+            |_, left| std::thread::sleep(left.min(interval)),
+            || {
+                Ok(match ServerView::read(&mut session, key)?.holder {
+                    Some(_) => Round::Pending(()),
+                    None => Round::Done(()),
+                })
+            },
+        );
+        session.close();
+        Ok(free?.is_ok())
+    }
+}
+
+/// Ends the session that holds `key`; false when none does.
+fn terminate_holder(session: &mut Session, key: i64) -> Result<bool> {
+    let Some(holder) = ServerView::read(session, key)?.holder else {
+        return Ok(false);
+    };
+    let row = session
+        .query_one("SELECT pg_terminate_backend($1)", &[&holder.pid])
+        .map_err(|failure| session.error("ending the holder's session", failure))?;
+    if row.get::<_, bool>(0) {
+        Ok(true)
+    } else {
+        Err(Error::unavailable(format!(
+            "the PostgreSQL server did not end the holder's session (backend pid {})",
+            holder.pid
+        )))
     }
 }
 
