@@ -1,0 +1,630 @@
+//! The PostgreSQL rows, against a throwaway cluster that the bench starts
+//! (tests/it/harness): acquire + release against the raw advisory-lock
+//! calls, failover after SIGKILL, failover through a frozen network,
+//! supervisor memory, and many names held by one process.
+
+use std::net::SocketAddr;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use onlyone::{Attempt, Lock, LockName, PostgresBackend, PostgresConfig};
+use rustix::process::Signal;
+
+use crate::procs::{Proc, kill, memory_kb, monotonic_ns, wait_until};
+use crate::report::{Detail, Report, Row, Verdict};
+use crate::stats::{Samples, fmt_kb, fmt_ns, fmt_ratio};
+use crate::{Config, Env};
+
+#[allow(dead_code)]
+#[path = "../../tests/it/harness/pg_cluster.rs"]
+mod pg_cluster;
+#[allow(dead_code)]
+#[path = "../../tests/it/harness/proxy.rs"]
+mod proxy;
+
+pub use pg_cluster::PgCluster;
+
+/// Starts the cluster every PostgreSQL row uses, with room for the
+/// many-names row's sessions; why not, when it cannot.
+pub fn start_cluster(config: &Config) -> Result<PgCluster, String> {
+    let connections = (config.pg_names + 50).max(100).to_string();
+    // The harness panics when it cannot start a server; here that only
+    // means the PostgreSQL rows are not measured.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let started = std::panic::catch_unwind(|| {
+        PgCluster::start_with(&[("max_connections", connections.as_str())])
+    });
+    std::panic::set_hook(previous);
+    started.map_err(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "unknown".into());
+        format!("no PostgreSQL server could be started ({why})")
+    })
+}
+
+fn connect(url: &str) -> Result<postgres::Client> {
+    postgres::Client::connect(url, postgres::NoTls).with_context(|| format!("connect to {url}"))
+}
+
+/// The server's view of one advisory key: who holds it, how many wait.
+fn lock_state(client: &mut postgres::Client, key: i64) -> Result<(Option<i32>, usize)> {
+    let key = key as u64;
+    let (classid, objid) = ((key >> 32) as i64, (key & 0xffff_ffff) as i64);
+    let rows = client.query(
+        "SELECT pid, granted FROM pg_locks WHERE locktype = 'advisory' \
+         AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 1",
+        &[&classid, &objid],
+    )?;
+    let holder = rows
+        .iter()
+        .find(|row| row.get::<_, bool>(1))
+        .map(|row| row.get(0));
+    let waiting = rows.iter().filter(|row| !row.get::<_, bool>(1)).count();
+    Ok((holder, waiting))
+}
+
+fn key_of(name: &str) -> Result<i64> {
+    Ok(PostgresBackend::key_for(&LockName::new(name)?))
+}
+
+/// Acquire + release through the library, against the raw calls on the
+/// same driver (tokio-postgres, through its blocking `postgres` wrapper).
+pub fn acquire(
+    config: &Config,
+    _env: &Env,
+    cluster: &PgCluster,
+    report: &mut Report,
+) -> Result<()> {
+    let url = cluster.url();
+    let lock = Lock::new(
+        "pg-acquire",
+        PostgresBackend::new(PostgresConfig::new(url.clone()))?,
+    )?;
+    let key = key_of("pg-raw")?;
+    let mut open = connect(&url)?;
+    // The first acquisition creates the state table: not what is timed.
+    drop(lock.try_acquire()?);
+
+    type Step<'a> = Box<dyn FnMut() -> Result<()> + 'a>;
+    let mut steps: Vec<(&str, Step<'_>)> = vec![
+        (
+            "onlyone `try_acquire` + drop (its own session)",
+            Box::new(|| match lock.try_acquire()? {
+                Attempt::Acquired(guard) => {
+                    drop(guard);
+                    Ok(())
+                }
+                Attempt::Held(holder) => bail!("uncontended lock held by {holder}"),
+            }),
+        ),
+        (
+            "raw `pg_try_advisory_lock` + `pg_advisory_unlock` on an open connection",
+            Box::new(|| {
+                let locked: bool = open
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&key])?
+                    .get(0);
+                ensure!(locked, "raw lock held");
+                open.query_one("SELECT pg_advisory_unlock($1)", &[&key])?;
+                Ok(())
+            }),
+        ),
+        (
+            "raw connect + lock + unlock + close",
+            Box::new(|| {
+                let mut client = connect(&url)?;
+                let locked: bool = client
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&key])?
+                    .get(0);
+                ensure!(locked, "raw lock held");
+                client.query_one("SELECT pg_advisory_unlock($1)", &[&key])?;
+                client.close()?;
+                Ok(())
+            }),
+        ),
+    ];
+    let mut samples = vec![Samples::default(); steps.len()];
+    for round in 0..config.pg_rounds {
+        for i in 0..steps.len() {
+            let which = (round + i) % steps.len();
+            for _ in 0..config.pg_batch {
+                let start = Instant::now();
+                (steps[which].1)()?;
+                samples[which].push(start.elapsed());
+            }
+        }
+    }
+    let mut detail = Detail::new(
+        "PostgreSQL acquire + release",
+        &format!(
+            "Loopback TCP to a throwaway cluster (fsync off); {} rounds of {} per \
+             contender, interleaved. onlyone holds each lock on a session of its own \
+             (by design: a held lock must not share its session), so its acquire \
+             includes connecting, the session settings, the standby check, the \
+             advisory lock, the state-table upsert and the heartbeat's prepared \
+             statement, and its release the state-table update, the unlock, the close \
+             and joining the heartbeat thread. The raw rows use the same driver \
+             (tokio-postgres).",
+            config.pg_rounds, config.pg_batch
+        ),
+        &[
+            "contender",
+            "n",
+            "p10",
+            "median",
+            "p90",
+            "p99",
+            "median vs raw (open)",
+        ],
+    );
+    let raw_open = samples[1].median();
+    for ((name, _), samples) in steps.iter().zip(samples.iter_mut()) {
+        let s = samples.summary();
+        detail.row(vec![
+            (*name).to_owned(),
+            s.n.to_string(),
+            fmt_ns(s.p10),
+            fmt_ns(s.p50),
+            fmt_ns(s.p90),
+            fmt_ns(s.p99),
+            fmt_ratio(s.p50 / raw_open),
+        ]);
+    }
+    report.detail(detail);
+    let ours = samples[0].median();
+    let raw_connect = samples[2].median();
+    report.row(Row {
+        what: "PostgreSQL acquire + release".into(),
+        onlyone: fmt_ns(ours),
+        peers: format!(
+            "raw on an open connection {}; raw with connect + close {}",
+            fmt_ns(raw_open),
+            fmt_ns(raw_connect)
+        ),
+        ratio: format!(
+            "{} raw (open), {} raw (connect)",
+            fmt_ratio(ours / raw_open),
+            fmt_ratio(ours / raw_connect)
+        ),
+        goal: "report the ratio".into(),
+        verdict: Verdict::Reported,
+    });
+    Ok(())
+}
+
+/// How the holder is stopped in a PostgreSQL failover run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    /// SIGKILL to the supervisor: the kernel closes its connection, and
+    /// the server ends the session at once.
+    Kill,
+    /// The network between the holder and the server goes silent.
+    Partition,
+}
+
+/// What one failover run saw, in ns after the fault.
+struct Failover {
+    /// The server granted the lock to the waiter's session; `None` when it
+    /// had not within [`GIVE_UP`].
+    granted: Option<u64>,
+    /// The waiter's command started (`None` as for `granted`).
+    started: Option<u64>,
+    /// The old holder's command ended (partitions only: after a kill the
+    /// kernel ends it at once).
+    old_ended: Option<u64>,
+}
+
+/// How long a failover run waits for the lock to pass: consul's ≈ 45 s,
+/// the figure the issue compares with.
+const GIVE_UP: Duration = Duration::from_secs(45);
+
+fn failover_once(
+    env: &Env,
+    cluster: &PgCluster,
+    name: &str,
+    fault: Fault,
+    flags: &[&str],
+) -> Result<Failover> {
+    let url = cluster.url();
+    let key = key_of(name)?;
+    let mut server = connect(&url)?;
+    let mut proxy = (fault == Fault::Partition)
+        .then(|| -> Result<proxy::Proxy> {
+            let addr: SocketAddr = format!("127.0.0.1:{}", cluster.port()).parse()?;
+            Ok(proxy::Proxy::start(addr))
+        })
+        .transpose()?;
+    let holder_url = match &proxy {
+        Some(proxy) => cluster.url_via(&proxy.addr().to_string()),
+        None => url.clone(),
+    };
+    let mut holder_flags = vec!["--postgres", holder_url.as_str()];
+    holder_flags.extend_from_slice(flags);
+    let helper = if fault == Fault::Partition {
+        env.helper("hold-term")
+    } else {
+        env.helper("sleep")
+    };
+    let mut holder = Proc::start(
+        env.onlyone_run(name, &holder_flags, &helper),
+        "PostgreSQL holder",
+    )?;
+    holder.ready()?;
+    let (holder_pid, _) = lock_state(&mut server, key)?;
+    let holder_pid = holder_pid.context("the holder's lock is not in pg_locks")?;
+
+    let mut waiter_flags = vec!["--postgres", url.as_str(), "--wait"];
+    waiter_flags.extend_from_slice(flags);
+    let mut waiter = Proc::start(
+        env.onlyone_run(name, &waiter_flags, &env.helper("stamp")),
+        "PostgreSQL waiter",
+    )?;
+    wait_until("the waiter queues for the advisory lock", || {
+        Ok(lock_state(&mut server, key)?.1 > 0)
+    })?;
+
+    let fault_at = monotonic_ns();
+    match (&proxy, fault) {
+        (Some(proxy), Fault::Partition) => proxy.freeze(),
+        _ => kill(holder.pid(), Signal::KILL),
+    }
+    // The server's view, every millisecond, until the waiter holds it.
+    let give_up = Instant::now() + GIVE_UP;
+    let granted = loop {
+        if let (Some(pid), _) = lock_state(&mut server, key)?
+            && pid != holder_pid
+        {
+            break Some(monotonic_ns() - fault_at);
+        }
+        if Instant::now() > give_up {
+            break None;
+        }
+        thread::sleep(Duration::from_millis(1));
+    };
+    let old_ended = match fault {
+        Fault::Partition => {
+            let ended = holder.stamp_within(GIVE_UP)?;
+            Some(ended.saturating_sub(fault_at))
+        }
+        Fault::Kill => None,
+    };
+    // Closing the proxy ends the frozen session, so the waiter gets the
+    // lock: the next run must start from a free lock.
+    proxy.take();
+    let started = waiter.stamp_within(Duration::from_secs(60))? - fault_at;
+    waiter.wait_ok()?;
+    drop(holder);
+    Ok(Failover {
+        granted,
+        started: granted.map(|_| started),
+        old_ended,
+    })
+}
+
+/// SIGKILL of the holder's supervisor → the waiter's command starts.
+pub fn failover(
+    config: &Config,
+    env: &Env,
+    cluster: &PgCluster,
+    report: &mut Report,
+) -> Result<()> {
+    const GOAL_P99: f64 = 50e6;
+    // The shortest the backend allows: heartbeat deadline 2 × 100 ms + 1 s,
+    // plus 100 ms of kill grace, plus its fixed 2 s margin.
+    let short = ["--heartbeat", "100ms", "--kill-grace", "100ms"];
+    let variants: [(&str, &[&str], usize); 2] = [
+        ("defaults (lock-delay 10 s)", &[], config.pg_failover_runs),
+        (
+            "`--heartbeat 100ms --kill-grace 100ms` (lock-delay 3.3 s)",
+            &short,
+            config.pg_failover_short_runs,
+        ),
+    ];
+    let mut detail = Detail::new(
+        "Failover after SIGKILL of the holder, PostgreSQL",
+        "A holder `onlyone run --postgres URL --name f -- HELPER` runs; a waiter \
+         `onlyone run --postgres URL --wait --name f -- HELPER` queues for the advisory \
+         lock (seen in pg_locks). The bench sends SIGKILL to the holder's supervisor; \
+         the kernel closes its connection and the server ends its session. Lock \
+         granted: when pg_locks first shows the waiter holding it (polled every \
+         millisecond). Command started: the waiter's command's CLOCK_MONOTONIC stamp. \
+         Between the two, the waiter waits the lock-delay, by design: the previous \
+         holder did not release cleanly, so its command may still run until its \
+         heartbeat deadline and kill grace have passed.",
+        &[
+            "settings",
+            "n",
+            "lock granted p50",
+            "p99",
+            "command started p50",
+            "p99",
+        ],
+    );
+    let mut cells = Vec::new();
+    let mut default_started = None;
+    for (label, flags, runs) in variants {
+        let mut granted = Samples::default();
+        let mut started = Samples::default();
+        for _ in 0..runs {
+            let run = failover_once(env, cluster, "pg-failover", Fault::Kill, flags)?;
+            let (Some(at), Some(start)) = (run.granted, run.started) else {
+                bail!("the lock did not pass within {GIVE_UP:?} of the SIGKILL");
+            };
+            granted.push_ns(at);
+            started.push_ns(start);
+        }
+        if runs == 0 {
+            continue;
+        }
+        detail.row(vec![
+            label.to_owned(),
+            runs.to_string(),
+            fmt_ns(granted.median()),
+            fmt_ns(granted.quantile(0.99)),
+            fmt_ns(started.median()),
+            fmt_ns(started.quantile(0.99)),
+        ]);
+        cells.push(format!(
+            "{label}: lock granted p50 {} / p99 {}, command started p50 {} / p99 {}",
+            fmt_ns(granted.median()),
+            fmt_ns(granted.quantile(0.99)),
+            fmt_ns(started.median()),
+            fmt_ns(started.quantile(0.99))
+        ));
+        if flags.is_empty() {
+            default_started = Some(started.quantile(0.99));
+        }
+    }
+    report.detail(detail);
+    report.row(Row {
+        what: "failover after SIGKILL of the holder, PostgreSQL".into(),
+        onlyone: cells.join("; "),
+        peers: "—".into(),
+        ratio: "—".into(),
+        goal: "p99 ≤ 50 ms on loopback".into(),
+        verdict: match default_started {
+            Some(p99) => Verdict::goal(p99 <= GOAL_P99),
+            None => Verdict::NotMeasured("skipped in the smoke run (10 s each)".into()),
+        },
+    });
+    Ok(())
+}
+
+/// The network to the holder freezes → the waiter's command starts; and
+/// the old command must have stopped first.
+pub fn partition(
+    config: &Config,
+    env: &Env,
+    cluster: &PgCluster,
+    report: &mut Report,
+) -> Result<()> {
+    const GOAL: f64 = 20e9;
+    if config.pg_partition_runs == 0 {
+        report.row(Row::not_measured(
+            "partition failover, PostgreSQL (frozen proxy)",
+            "≤ 20 s with 0 overlap (consul lock ≈ 45 s)",
+            "skipped in the smoke run (over 20 s each)",
+        ));
+        return Ok(());
+    }
+    let mut granted = Samples::default();
+    let mut started = Samples::default();
+    let mut detail = Detail::new(
+        "Partition failover, PostgreSQL (frozen proxy)",
+        "The holder reaches the server through a TCP proxy (tests/it/harness/proxy.rs); \
+         the waiter connects directly. At the fault the proxy freezes: nothing is \
+         closed, no byte passes. The holder's heartbeat misses its deadline (3 s), \
+         its supervisor stops the command (SIGTERM; the helper prints its stamp as it \
+         exits). The lock passes only when the server ends the frozen session; the \
+         session's TCP keepalives and user timeout (about 11 s) would, on a network \
+         that drops packets, but the frozen proxy's kernel still acknowledges them, as \
+         a live middlebox would. Once granted, the waiter waits the lock-delay (10 s) \
+         and starts its command. Overlap is how long both commands \
+         ran at once (negative: a gap). Default settings. A run gives up after 45 s \
+         (consul's figure) and then closes the proxy.",
+        &[
+            "run",
+            "old command ended",
+            "lock granted",
+            "new command started",
+            "overlap",
+        ],
+    );
+    let mut worst_overlap = i128::MIN;
+    let mut ended_all = Samples::default();
+    let mut never = 0;
+    for run in 0..config.pg_partition_runs {
+        let result = failover_once(env, cluster, "pg-partition", Fault::Partition, &[])?;
+        let ended = result.old_ended.context("no end stamp")?;
+        ended_all.push_ns(ended);
+        let (granted_cell, started_cell, overlap_cell) = match (result.granted, result.started) {
+            (Some(at), Some(start)) => {
+                let overlap = i128::from(ended) - i128::from(start);
+                worst_overlap = worst_overlap.max(overlap);
+                granted.push_ns(at);
+                started.push_ns(start);
+                (
+                    fmt_ns(at as f64),
+                    fmt_ns(start as f64),
+                    if overlap > 0 {
+                        fmt_ns(overlap as f64)
+                    } else {
+                        format!("none (gap {})", fmt_ns(-overlap as f64))
+                    },
+                )
+            }
+            _ => {
+                never += 1;
+                let never = format!("not within {}", fmt_ns(GIVE_UP.as_nanos() as f64));
+                (never.clone(), never, "none".to_owned())
+            }
+        };
+        detail.row(vec![
+            (run + 1).to_string(),
+            fmt_ns(ended as f64),
+            granted_cell,
+            started_cell,
+            overlap_cell,
+        ]);
+    }
+    report.detail(detail);
+    let onlyone = if never > 0 {
+        format!(
+            "no failover in {never} of {} runs: the lock stayed with the frozen session \
+             for {} (then the run closed the proxy); old command stopped after {}",
+            config.pg_partition_runs,
+            fmt_ns(GIVE_UP.as_nanos() as f64),
+            fmt_ns(ended_all.median())
+        )
+    } else {
+        format!(
+            "command started after {} (worst {}), lock granted after {}; old command \
+             stopped after {}; overlap: {}",
+            fmt_ns(started.median()),
+            fmt_ns(started.quantile(1.0)),
+            fmt_ns(granted.median()),
+            fmt_ns(ended_all.median()),
+            if worst_overlap > 0 {
+                fmt_ns(worst_overlap as f64)
+            } else {
+                "none".into()
+            }
+        )
+    };
+    let met = never == 0 && started.quantile(1.0) <= GOAL && worst_overlap <= 0;
+    report.row(Row {
+        what: "partition failover, PostgreSQL (frozen proxy)".into(),
+        onlyone,
+        peers: "consul lock ≈ 45 s (from the issue)".into(),
+        ratio: if never > 0 {
+            "—".into()
+        } else {
+            format!("{} consul", fmt_ratio(started.median() / 45e9))
+        },
+        goal: "≤ 20 s with 0 overlap".into(),
+        verdict: Verdict::goal(met),
+    });
+    Ok(())
+}
+
+/// RSS of `onlyone run --postgres` while its command runs.
+pub fn memory(config: &Config, env: &Env, cluster: &PgCluster, report: &mut Report) -> Result<()> {
+    const GOAL_KB: u64 = 8 * 1024;
+    let url = cluster.url();
+    let mut samples = Vec::new();
+    for _ in 0..config.memory_runs {
+        let mut holder = Proc::start(
+            env.onlyone_run("pg-memory", &["--postgres", &url], &env.helper("sleep")),
+            "onlyone --postgres",
+        )?;
+        holder.ready()?;
+        // A few heartbeats in: the steady state.
+        thread::sleep(Duration::from_millis(1500));
+        samples.push(memory_kb(holder.pid())?);
+    }
+    samples.sort_unstable();
+    let (rss, hwm) = samples[samples.len() / 2];
+    report.row(Row {
+        what: "supervisor memory while the command runs, PostgreSQL".into(),
+        onlyone: format!("RSS {} (peak {})", fmt_kb(rss), fmt_kb(hwm)),
+        peers: "—".into(),
+        ratio: "—".into(),
+        goal: "RSS ≤ 8 MB".into(),
+        verdict: Verdict::goal(rss <= GOAL_KB),
+    });
+    Ok(())
+}
+
+/// One process holds many names at once through the library.
+pub fn many_names(
+    config: &Config,
+    _env: &Env,
+    cluster: &PgCluster,
+    report: &mut Report,
+) -> Result<()> {
+    let backend = std::sync::Arc::new(PostgresBackend::new(PostgresConfig::new(cluster.url()))?);
+    let threads = || -> Result<u64> {
+        let status = std::fs::read_to_string("/proc/self/status")?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Threads:"))
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(|| anyhow!("no Threads in /proc/self/status"))
+    };
+    // Warm up: the state table, the driver.
+    drop(Lock::with_backend(LockName::new("pg-many-warm")?, backend.clone()).try_acquire()?);
+    let (rss_before, _) = memory_kb(std::process::id())?;
+    let threads_before = threads()?;
+    let mut each = Samples::default();
+    let mut guards = Vec::with_capacity(config.pg_names);
+    let start = Instant::now();
+    for i in 0..config.pg_names {
+        let lock = Lock::with_backend(LockName::new(&format!("pg-many-{i}"))?, backend.clone());
+        let one = Instant::now();
+        match lock.try_acquire()? {
+            Attempt::Acquired(guard) => guards.push(guard),
+            Attempt::Held(holder) => bail!("pg-many-{i} held by {holder}"),
+        }
+        each.push(one.elapsed());
+    }
+    let acquired = start.elapsed();
+    let (rss_after, _) = memory_kb(std::process::id())?;
+    let threads_after = threads()?;
+    let start = Instant::now();
+    drop(guards);
+    let released = start.elapsed();
+    let n = config.pg_names;
+    let mut detail = Detail::new(
+        &format!("{n} names held by one process, PostgreSQL (library)"),
+        &format!(
+            "One process takes {n} different names with `try_acquire` through one \
+             `PostgresBackend`, keeping every guard, then drops them all. The backend \
+             holds each lock on a session of its own, with a heartbeat thread of its \
+             own: {n} names are {n} connections (the cluster runs with max_connections \
+             = {}) and {n} threads, not one session. Memory is this process's VmRSS.",
+            n + 50
+        ),
+        &["measure", "value"],
+    );
+    let rows = [
+        ("all acquired after", fmt_ns(acquired.as_nanos() as f64)),
+        ("one acquire, median", fmt_ns(each.median())),
+        ("one acquire, p99", fmt_ns(each.quantile(0.99))),
+        ("all released after", fmt_ns(released.as_nanos() as f64)),
+        (
+            "RSS added while holding",
+            format!(
+                "{} ({} kB per name)",
+                fmt_kb(rss_after.saturating_sub(rss_before)),
+                rss_after.saturating_sub(rss_before) / n.max(1) as u64
+            ),
+        ),
+        (
+            "threads added while holding",
+            threads_after.saturating_sub(threads_before).to_string(),
+        ),
+    ];
+    for (measure, value) in rows {
+        detail.row(vec![measure.to_owned(), value]);
+    }
+    report.detail(detail);
+    report.row(Row {
+        what: format!("scale: {n} names held by one process, PostgreSQL (library)"),
+        onlyone: format!(
+            "all acquired in {} (median {} each), RSS +{}, {} sessions and threads",
+            fmt_ns(acquired.as_nanos() as f64),
+            fmt_ns(each.median()),
+            fmt_kb(rss_after.saturating_sub(rss_before)),
+            n
+        ),
+        peers: "—".into(),
+        ratio: "—".into(),
+        goal: "report acquire time and memory (over one session)".into(),
+        verdict: Verdict::Reported,
+    });
+    Ok(())
+}
