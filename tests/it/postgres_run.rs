@@ -320,10 +320,12 @@ fn frozen_network_stops_the_command() {
     let fault_at = Instant::now();
     proxy.freeze();
     let (env, name) = fault.expect_lost(fault_at, "within the heartbeat deadline");
-    // The server still sees the old session through the live proxy (a
-    // middlebox answers keepalives): only closing it frees the lock.
-    drop(proxy);
+    // The proxy keeps the frozen session's TCP connection alive (a
+    // middlebox answers keepalives), so the server cannot see that the
+    // holder is gone; it ends the session when the heartbeats stop
+    // (idle_session_timeout), which frees the lock.
     expect_next_holder_after_lock_delay(&env, &cluster.url(), &name, fault_at);
+    drop(proxy);
 }
 
 #[test]

@@ -26,6 +26,10 @@ use crate::record::Record;
 /// least; it may also take a whole heartbeat deadline.
 const MIN_RELEASE_DEADLINE: Duration = Duration::from_secs(5);
 
+/// How much longer than the heartbeat deadline the server lets the lock
+/// session sit idle before it ends it.
+const IDLE_MARGIN: Duration = Duration::from_secs(2);
+
 /// What the heartbeat needs to know about the lock it keeps.
 #[derive(Clone, Debug)]
 pub(super) struct Keep {
@@ -55,7 +59,13 @@ impl PostgresHeld {
     ///
     /// The heartbeat's query cannot be prepared or its thread cannot
     /// start; the session is closed, which frees the lock.
-    pub fn start(session: Session, keep: Keep, record: Record) -> Result<PostgresHeld> {
+    pub fn start(mut session: Session, keep: Keep, record: Record) -> Result<PostgresHeld> {
+        // The server itself ends the session when the heartbeats stop (a
+        // frozen or partitioned holder whose TCP connection stays up, as
+        // through a middlebox), which frees the lock. A live holder is
+        // never idle that long: it sends a heartbeat every interval.
+        let idle_limit = keep.deadline.saturating_add(IDLE_MARGIN);
+        session.set_if_known("idle_session_timeout", &idle_limit.as_millis().to_string())?;
         // The session answers this statement only while it is alive, and
         // a live session still holds its lock: its sending is the first
         // proof that the lock is held.

@@ -157,7 +157,11 @@ impl fmt::Debug for PostgresConfig {
 /// On it, `statement_timeout`, `idle_in_transaction_session_timeout`,
 /// `idle_session_timeout` and `lock_timeout` are set to 0 so that a DBA's
 /// defaults cannot end the session, and no transaction stays open while
-/// the lock is held. A standby (`pg_is_in_recovery()`) is refused: advisory
+/// the lock is held. Once the lock is held, `idle_session_timeout` is set to
+/// the heartbeat deadline + 2 s: a holder that stops sending heartbeats (a
+/// frozen process, or a partition that a middlebox hides from TCP) has its
+/// session ended by the server, which frees the lock; a live holder is never
+/// idle that long. A standby (`pg_is_in_recovery()`) is refused: advisory
 /// locks are not replicated, so a lock taken there excludes nobody. A
 /// session whose server process changes between statements (a
 /// transaction-mode pooler such as PgBouncer) is refused too.

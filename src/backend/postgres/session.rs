@@ -203,7 +203,8 @@ impl Session {
         Ok(())
     }
 
-    fn set_if_known(&mut self, setting: &str, value: &str) -> Result<()> {
+    /// Sets `setting` unless the server is too old to know it.
+    pub fn set_if_known(&mut self, setting: &str, value: &str) -> Result<()> {
         match self.batch(&format!("SET {setting} = {value}")) {
             Ok(()) => Ok(()),
             Err(failure) if failure.code() == Some(&SqlState::UNDEFINED_OBJECT) => {
