@@ -746,7 +746,7 @@ impl ticker::Tick for Watcher {
             }
             Ok(Restore::HeldByOther) => {
                 let message = format!(
-                    "lock file {} was replaced and another process (not onlyone) locks the new one; still holding the lock",
+                    "lock file {} was replaced and another process locks the new one (a starter about to find the lock held, or a program that is not onlyone); still holding the lock",
                     self.path.display()
                 );
                 self.report_once(&message);
