@@ -18,6 +18,9 @@ pub struct Error {
     kind: ErrorKind,
     message: String,
     code: Option<u8>,
+    /// The failure ended a database session that held nothing yet: a
+    /// waiter may try again with a new session.
+    session_ended: bool,
     path: Option<PathBuf>,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
@@ -50,6 +53,7 @@ impl Error {
             kind,
             message: message.into(),
             code: None,
+            session_ended: false,
             path: None,
             source: None,
         }
@@ -81,6 +85,17 @@ impl Error {
     /// An I/O failure on `path` that makes the backend unusable.
     pub(crate) fn io(message: impl Into<String>, path: &Path, err: io::Error) -> Error {
         Error::unavailable(message).with_path(path).with_source(err)
+    }
+
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn ending_session(mut self, ended: bool) -> Error {
+        self.session_ended = ended;
+        self
+    }
+
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn ended_session(&self) -> bool {
+        self.session_ended
     }
 
     pub(crate) fn with_path(mut self, path: &Path) -> Error {

@@ -499,3 +499,48 @@ fn wait_returns_when_the_holder_is_gone() {
     let (status, _, err) = waiter.finish();
     assert_eq!(code(status), 0, "{err}");
 }
+
+/// Found by the torture run: a waiter whose session was terminated while
+/// it waited gave up with 69. It held nothing, so it waits on with a new
+/// session.
+#[test]
+fn waiter_whose_session_ends_waits_on() {
+    let cluster = PgCluster::start();
+    let env = TestEnv::new();
+    let name = unique("pg-waiter");
+    let mut holder = start(
+        &env,
+        &run_args(&cluster.url(), &name, &[], "echo ready; exec sleep 1000"),
+    );
+    holder.expect_stdout_line("ready");
+    let mut waiter = start(
+        &env,
+        &run_args(&cluster.url(), &name, &["--wait"], "echo ran"),
+    );
+    waiter.expect_stderr_containing("waiting for lock");
+    let key = documented_key(&name);
+    let waiting = format!(
+        "select pid from pg_locks where locktype = 'advisory' and not granted \
+         and classid = {} and objid = {}",
+        ((key as u64) >> 32) as u32,
+        key as u64 as u32
+    );
+    // The waiter's statement reaches the server's lock queue a moment after
+    // it says it waits: wait for the queue entry (the server's own event has
+    // no notification for bystanders).
+    let queued_by = Instant::now() + crate::util::EVENT_TIMEOUT;
+    let pid = loop {
+        let pid = cluster.psql(&waiting);
+        if !pid.is_empty() {
+            break pid;
+        }
+        assert!(Instant::now() < queued_by, "the waiter never queued");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    cluster.psql(&format!("select pg_terminate_backend({pid})"));
+    waiter.expect_stderr_containing("waiting on with a new session");
+    holder.signal(libc::SIGTERM);
+    waiter.expect_stdout_line("ran");
+    let (status, _, err) = waiter.finish();
+    assert_eq!(code(status), 0, "{err}");
+}

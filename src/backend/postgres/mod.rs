@@ -43,6 +43,9 @@ const DEADLINE_SLACK: Duration = Duration::from_secs(1);
 /// scheduling and clock jitter.
 const LOCK_DELAY_MARGIN: Duration = Duration::from_secs(2);
 
+/// How long a waiter whose session ended pauses before it opens another.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+
 /// The longest `application_name` the server keeps (NAMEDATALEN - 1).
 const MAX_APPLICATION_NAME: usize = 63;
 
@@ -334,7 +337,28 @@ impl PostgresBackend {
         )
     }
 
+    /// Takes the lock as `wait` says. A waiter whose session ends before it
+    /// holds the lock (terminated, or the connection broke) held nothing,
+    /// so it waits on with a new session; a holder never reconnects.
     fn attempt(&self, name: &LockName, command: &[String], wait: Wait) -> Result<Attempt> {
+        loop {
+            let err = match self.attempt_once(name, command, wait) {
+                Err(err) if err.ended_session() => err,
+                done => return done,
+            };
+            let Wait::Until(deadline) = wait else {
+                return Err(err);
+            };
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Err(err);
+            }
+            log::warn!("{err}; the lock was not held yet: waiting on with a new session");
+            std::thread::sleep(left.unwrap_or(RECONNECT_PAUSE).min(RECONNECT_PAUSE));
+        }
+    }
+
+    fn attempt_once(&self, name: &LockName, command: &[String], wait: Wait) -> Result<Attempt> {
         let key = self.key(name);
         let mut session = Session::open(&self.target, &application_name(name.as_str()))?;
         self.table.ensure(&mut session)?;

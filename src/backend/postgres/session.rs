@@ -73,6 +73,26 @@ impl Failure {
         }
     }
 
+    /// Whether the session is gone: the server ended it (a terminated
+    /// backend, a shutdown, an idle timeout), the connection broke, or no
+    /// answer came.
+    pub fn ends_session(&self) -> bool {
+        match self {
+            Failure::Server(err) => {
+                err.is_closed()
+                    || err.as_db_error().is_none()
+                    || [
+                        SqlState::ADMIN_SHUTDOWN,
+                        SqlState::CRASH_SHUTDOWN,
+                        SqlState::IDLE_SESSION_TIMEOUT,
+                    ]
+                    .iter()
+                    .any(|code| err.code() == Some(code))
+            }
+            Failure::Silent(_) => true,
+        }
+    }
+
     /// The error as one line.
     pub fn describe(&self) -> String {
         match self {
@@ -466,7 +486,8 @@ impl Session {
             "PostgreSQL at {} failed while {doing}: {}",
             self.location,
             failure.describe()
-        ));
+        ))
+        .ending_session(failure.ends_session());
         failure.attach_to(error)
     }
 }
