@@ -63,9 +63,10 @@ fn two_thousand_acquisitions_under_chaos_never_overlap() {
 }
 
 /// The PostgreSQL mode, short: 500 acquisitions while holders' sessions
-/// are terminated and holders' commands killed. Every unclean loss makes
+/// are terminated (holder kills are the file run's and the fault tests'
+/// business). Every unclean loss makes
 /// the next holder wait the lock-delay (3.5 s with these timings), so the
-/// chaos comes every 4 s on average, leaving time for clean handoffs.
+/// chaos comes every 0.8 s on average but lands only while a command runs.
 #[cfg(feature = "postgres")]
 #[test]
 fn postgres_mode_under_chaos_never_overlaps() {
@@ -76,10 +77,10 @@ fn postgres_mode_under_chaos_never_overlaps() {
         .args([
             "--acquisitions=500",
             "--seconds=150",
-            "--chaos-ms=4000",
-            "--max-hold-ms=5",
+            "--chaos-ms=800",
+            "--max-hold-ms=20",
         ])
-        .arg("--chaos=session-termination,holder-sigkill")
+        .arg("--chaos=session-termination")
         .args(["--postgres", &crate::postgres_lib::url()])
         // The timings of tests/it/postgres_run.rs: a lock-delay of 3.5 s.
         .args([
