@@ -190,17 +190,7 @@ fn holder_killed_with_sigkill_next_start_succeeds_at_once() {
     let holder = env.hold_sleeping("bot");
     holder.kill();
 
-    let next = env.run(&[
-        "run",
-        "--name",
-        "bot",
-        "--",
-        "sh",
-        "-c",
-        "echo $ONLYONE_TOKEN",
-    ]);
-    assert_eq!(code(next.status), 0, "{}", stderr(&next));
-    assert_eq!(String::from_utf8_lossy(&next.stdout), "2\n");
+    assert_eq!(token_of_next_run(&env), "2");
 }
 
 /// A record naming a live but unrelated process (a reused pid), with no
@@ -216,17 +206,7 @@ fn record_naming_live_unrelated_process_does_not_block() {
     value["pid"] = std::process::id().into();
     fs::write(env.lock_file("bot"), value.to_string()).unwrap();
 
-    let next = env.run(&[
-        "run",
-        "--name",
-        "bot",
-        "--",
-        "sh",
-        "-c",
-        "echo $ONLYONE_TOKEN",
-    ]);
-    assert_eq!(code(next.status), 0, "{}", stderr(&next));
-    assert_eq!(String::from_utf8_lossy(&next.stdout), "2\n");
+    assert_eq!(token_of_next_run(&env), "2");
 }
 
 /// The incident's proposed fix opened the lock file with 'w', wiping the
@@ -392,6 +372,21 @@ fn leftover_group_processes_are_stopped_before_release() {
     assert!(!pid_alive(leftover), "the leftover sleep was stopped");
     let next = env.run(&["run", "--name", "bot", "--", "true"]);
     assert_eq!(code(next.status), 0, "{}", stderr(&next));
+}
+
+/// Runs `bot` at once (it must start) and returns the token it was given.
+fn token_of_next_run(env: &TestEnv) -> String {
+    let next = env.run(&[
+        "run",
+        "--name",
+        "bot",
+        "--",
+        "sh",
+        "-c",
+        "echo $ONLYONE_TOKEN",
+    ]);
+    assert_eq!(code(next.status), 0, "{}", stderr(&next));
+    String::from_utf8_lossy(&next.stdout).trim().to_owned()
 }
 
 /// Runs a closure when dropped (undo a change even when a test fails).
