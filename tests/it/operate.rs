@@ -316,46 +316,23 @@ fn max_three_with_ten_starters_runs_exactly_three() {
     );
 }
 
+/// Starts a member of the pool of two: `run --name pool --max 2 EXTRA -- sh
+/// -c SCRIPT`.
+fn pool_of_two(env: &TestEnv, extra: &[&str], script: &str) -> Running {
+    let mut args = vec!["run", "--name", "pool", "--max", "2"];
+    args.extend_from_slice(extra);
+    args.extend(["--", "sh", "-c", script]);
+    env.start(&args)
+}
+
 #[test]
 fn max_waiter_takes_the_first_slot_freed() {
     let env = TestEnv::new();
-    let first = env.start(&[
-        "run",
-        "--name",
-        "pool",
-        "--max",
-        "2",
-        "--",
-        "sh",
-        "-c",
-        "echo ready; exec sleep 1000",
-    ]);
-    let mut first = first;
+    let mut first = pool_of_two(&env, &[], "echo ready; exec sleep 1000");
     first.expect_stdout_line("ready");
-    let mut second = env.start(&[
-        "run",
-        "--name",
-        "pool",
-        "--max",
-        "2",
-        "--",
-        "sh",
-        "-c",
-        "echo ready; exec sleep 1000",
-    ]);
+    let mut second = pool_of_two(&env, &[], "echo ready; exec sleep 1000");
     second.expect_stdout_line("ready");
-    let mut waiter = env.start(&[
-        "run",
-        "--name",
-        "pool",
-        "--max",
-        "2",
-        "--wait",
-        "--",
-        "sh",
-        "-c",
-        "echo slot $ONLYONE_SLOT",
-    ]);
+    let mut waiter = pool_of_two(&env, &["--wait"], "echo slot $ONLYONE_SLOT");
     waiter.expect_stderr_containing("onlyone: waiting for lock 'pool'");
     second.kill();
     waiter.expect_stdout_line("slot 2");

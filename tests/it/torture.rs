@@ -17,13 +17,14 @@ use crate::util::{TestEnv, code, signal_pid, stderr};
 /// case the harness itself hangs.
 const WATCHDOG: Duration = Duration::from_secs(300);
 
-#[test]
-fn two_thousand_acquisitions_under_chaos_never_overlap() {
+/// Runs onlyone-torture with `args` against this build of onlyone, fails
+/// the test if the run fails, and returns its JSON summary and its table.
+fn torture(args: &[&str]) -> (serde_json::Value, String) {
     let env = TestEnv::new();
     let summary_path = env.path("summary.json");
     let mut torture = Command::new(env!("CARGO_BIN_EXE_onlyone-torture"));
     torture
-        .args(["--acquisitions", "2000", "--seconds", "150"])
+        .args(args)
         .arg("--onlyone")
         .arg(env!("CARGO_BIN_EXE_onlyone"))
         .arg("--work")
@@ -31,11 +32,15 @@ fn two_thousand_acquisitions_under_chaos_never_overlap() {
         .arg("--summary")
         .arg(&summary_path);
     let output = output_within(&mut torture, WATCHDOG);
-    let table = String::from_utf8_lossy(&output.stdout);
+    let table = String::from_utf8_lossy(&output.stdout).into_owned();
     assert_eq!(code(output.status), 0, "{table}{}", stderr(&output));
+    let summary = serde_json::from_str(&fs::read_to_string(&summary_path).unwrap()).unwrap();
+    (summary, table)
+}
 
-    let summary: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&summary_path).unwrap()).unwrap();
+#[test]
+fn two_thousand_acquisitions_under_chaos_never_overlap() {
+    let (summary, table) = torture(&["--acquisitions", "2000", "--seconds", "150"]);
     let number = |pointer: &str| {
         summary
             .pointer(pointer)
@@ -70,36 +75,20 @@ fn two_thousand_acquisitions_under_chaos_never_overlap() {
 #[cfg(feature = "postgres")]
 #[test]
 fn postgres_mode_under_chaos_never_overlaps() {
-    let env = TestEnv::new();
-    let summary_path = env.path("summary.json");
-    let mut torture = Command::new(env!("CARGO_BIN_EXE_onlyone-torture"));
-    torture
-        .args([
-            "--acquisitions=500",
-            "--seconds=150",
-            "--chaos-ms=800",
-            "--max-hold-ms=20",
-        ])
-        .arg("--chaos=session-termination")
-        .args(["--postgres", &crate::postgres_lib::url()])
+    let url = crate::postgres_lib::url();
+    let (summary, table) = torture(&[
+        "--acquisitions=500",
+        "--seconds=150",
+        "--chaos-ms=800",
+        "--max-hold-ms=20",
+        "--chaos=session-termination",
+        "--postgres",
+        &url,
         // The timings of tests/it/postgres_run.rs: a lock-delay of 3.5 s.
-        .args([
-            "--onlyone-arg=--heartbeat=100ms",
-            "--onlyone-arg=--kill-grace=300ms",
-        ])
-        .arg("--onlyone-arg=--lock-delay=2s")
-        .arg("--onlyone")
-        .arg(env!("CARGO_BIN_EXE_onlyone"))
-        .arg("--work")
-        .arg(env.path("work"))
-        .arg("--summary")
-        .arg(&summary_path);
-    let output = output_within(&mut torture, WATCHDOG);
-    let table = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(code(output.status), 0, "{table}{}", stderr(&output));
-
-    let summary: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&summary_path).unwrap()).unwrap();
+        "--onlyone-arg=--heartbeat=100ms",
+        "--onlyone-arg=--kill-grace=300ms",
+        "--onlyone-arg=--lock-delay=2s",
+    ]);
     assert_eq!(summary["overlaps"], 0, "{table}");
     assert_eq!(summary["backend"], "postgres", "{table}");
     assert!(summary["acquisitions"].as_u64() >= Some(500), "{table}");
