@@ -7,6 +7,9 @@ use crate::error::{Error, Result};
 /// The longest name accepted, in bytes (all accepted characters are ASCII).
 pub const MAX_NAME_LEN: usize = 128;
 
+/// The most slots a pool (`--max`) may have.
+pub const MAX_SLOTS: u32 = 10_000;
+
 /// The rule a lock name must follow, as shown to users.
 pub const NAME_RULE: &str = "1-128 characters of A-Z a-z 0-9 . _ -, not starting with '.'";
 
@@ -26,12 +29,38 @@ impl LockName {
     /// A usage error that quotes the name and states the rule.
     pub fn new(name: &str) -> Result<LockName> {
         if is_valid(name) {
-            Ok(LockName(name.to_owned()))
-        } else {
-            Err(Error::usage(format!(
-                "invalid lock name {:?}: a name is {NAME_RULE}",
-                name
-            )))
+            return Ok(LockName(name.to_owned()));
+        }
+        let length = name.chars().count();
+        let why = match length > MAX_NAME_LEN {
+            true => format!("too long ({length} characters, at most {MAX_NAME_LEN}); "),
+            false => String::new(),
+        };
+        Err(Error::usage(format!(
+            "invalid lock name {}: {why}a name is {NAME_RULE}",
+            quoted(name)
+        )))
+    }
+
+    /// A lock's name, or one slot of a pool as `NAME@N` (N from 1 to
+    /// [`MAX_SLOTS`]): what `status`, `stop` and `wait` accept. Only those
+    /// address a slot by hand; a lock is never *taken* by such a name.
+    ///
+    /// # Errors
+    ///
+    /// A usage error that quotes the text and states the rule.
+    pub fn lock_or_slot(text: &str) -> Result<LockName> {
+        let Some((base, slot)) = text.rsplit_once('@') else {
+            return LockName::new(text);
+        };
+        let base = LockName::new(base)?;
+        let canonical = !slot.starts_with('0') && slot.bytes().all(|b| b.is_ascii_digit());
+        match slot.parse::<u32>() {
+            Ok(slot) if canonical && slot <= MAX_SLOTS => Ok(base.slot(slot)),
+            _ => Err(Error::usage(format!(
+                "invalid slot {}: a slot of a pool is NAME@N, N a number from 1 to {MAX_SLOTS}",
+                quoted(text)
+            ))),
         }
     }
 
@@ -52,6 +81,11 @@ impl LockName {
         self.0.rsplit_once('@')?.1.parse().ok()
     }
 
+    /// True when this is a slot lock of `base` (`BASE@N`).
+    pub fn is_slot_of(&self, base: &LockName) -> bool {
+        self.slot_number().is_some() && self.base() == base.as_str()
+    }
+
     /// The name without its slot.
     pub fn base(&self) -> &str {
         self.0.split('@').next().unwrap_or(&self.0)
@@ -69,6 +103,18 @@ impl LockName {
             Some(slot) => base.slot(slot),
             None => base,
         })
+    }
+}
+
+/// How many characters of a bad name a message quotes, at most.
+const QUOTED_LEN: usize = 40;
+
+/// `text` in single quotes, as every message quotes a lock name; a text
+/// too long to be a name is cut short, so that a message stays readable.
+fn quoted(text: &str) -> String {
+    match text.char_indices().nth(QUOTED_LEN) {
+        Some((cut, _)) if text.len() > MAX_NAME_LEN => format!("'{}...'", &text[..cut]),
+        _ => format!("'{text}'"),
     }
 }
 
@@ -117,6 +163,26 @@ mod tests {
     }
 
     #[test]
+    fn addresses_one_slot_by_hand() {
+        let slot = LockName::lock_or_slot("bot@2").unwrap();
+        assert_eq!(slot, LockName::new("bot").unwrap().slot(2));
+        assert_eq!(LockName::lock_or_slot("bot").unwrap().as_str(), "bot");
+        for bad in [
+            "bot@0",
+            "bot@02",
+            "bot@",
+            "bot@x",
+            "bot@-1",
+            "bot@10001",
+            "@1",
+            "a@1@2",
+        ] {
+            let err = LockName::lock_or_slot(bad).unwrap_err();
+            assert!(err.is_usage(), "{bad}");
+        }
+    }
+
+    #[test]
     fn rejects_everything_else() {
         let long = "n".repeat(129);
         for bad in [
@@ -126,5 +192,22 @@ mod tests {
             assert!(err.is_usage());
             assert!(err.to_string().contains("not starting with '.'"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_long_name_is_cut_short_and_called_too_long() {
+        let err = LockName::new(&"n".repeat(300)).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "invalid lock name '{}...': too long (300 characters, at most 128); a name is {NAME_RULE}",
+                "n".repeat(QUOTED_LEN)
+            )
+        );
+        let err = LockName::new("a b").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("invalid lock name 'a b': a name is {NAME_RULE}")
+        );
     }
 }

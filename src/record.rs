@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::escape;
 use crate::sys;
 
 /// The format tag of version 1 of the record.
@@ -45,7 +46,9 @@ pub struct Record {
     /// The holder's user id.
     pub uid: u32,
     /// The command that runs under the lock (empty for a library holder
-    /// that said none).
+    /// that said none). Words that are not valid UTF-8 are kept with
+    /// U+FFFD in place of the bad bytes: the record is for people to read,
+    /// the command itself receives the exact bytes.
     pub command: Vec<String>,
     /// When the lock was acquired, RFC 3339 in UTC.
     pub acquired_at: String,
@@ -53,9 +56,14 @@ pub struct Record {
 
 impl Record {
     /// A record for the calling process, acquiring now with `token`.
+    ///
+    /// The command is cut short (whole words, then one that says how many
+    /// were left out) so that the record's line fits in
+    /// 64 KiB (`MAX_RECORD_LEN`): a longer one could not be read back, and the
+    /// next holder would start the fencing tokens again at 1.
     pub fn for_current_process(command: &[String], token: u64) -> Record {
         let me = ProcessIdentity::current();
-        Record {
+        let mut record = Record {
             format: RECORD_FORMAT.to_owned(),
             token,
             pid: me.pid,
@@ -64,9 +72,12 @@ impl Record {
             host: sys::hostname(),
             user: me.user,
             uid: me.uid,
-            command: command.to_vec(),
+            command: Vec::new(),
             acquired_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        }
+        };
+        let room = MAX_RECORD_LEN.saturating_sub(record.to_line().len() + ELISION_ROOM);
+        record.command = fit_command(command, room);
+        record
     }
 
     /// Parses a record; `None` for anything that is not a version-1 record
@@ -113,30 +124,17 @@ impl Record {
         }
     }
 
-    /// The command as one shell-like line.
+    /// The command as one shell-like line, safe to print: control
+    /// characters are escaped (see [`escape::shell_word`]).
     pub fn command_line(&self) -> String {
-        self.command
-            .iter()
-            .map(|arg| {
-                if !arg.is_empty()
-                    && arg
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b))
-                {
-                    arg.clone()
-                } else {
-                    format!("'{}'", arg.replace('\'', r"'\''"))
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
+        escape::command_line(&self.command)
     }
 }
 
 /// "pid 17656 on host1 since 2025-10-18T14:43:00Z (2h 3m ago): python3 main.py"
 impl fmt::Display for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "pid {} on {}", self.pid, self.host)?;
+        write!(f, "pid {} on {}", self.pid, escape::controls(&self.host))?;
         if let Some(at) = self.acquired_time() {
             write!(f, " since {}", humantime::format_rfc3339_seconds(at))?;
         }
@@ -150,6 +148,31 @@ impl fmt::Display for Record {
     }
 }
 
+/// Room kept in a record for the word that says how many were left out.
+const ELISION_ROOM: usize = 64;
+
+/// The first words of `command` whose JSON takes at most `room` bytes,
+/// and, if some did not fit, a last word that says how many.
+fn fit_command(command: &[String], room: usize) -> Vec<String> {
+    let mut used = 0;
+    let mut fitted = Vec::new();
+    for (at, word) in command.iter().enumerate() {
+        // The quoted, escaped word and its comma.
+        let cost = serde_json::to_string(word).map_or(usize::MAX, |json| json.len() + 1);
+        if cost > room - used {
+            let left_out = command.len() - at;
+            fitted.push(format!(
+                "[{left_out} more argument{} not recorded]",
+                if left_out == 1 { "" } else { "s" }
+            ));
+            break;
+        }
+        used += cost;
+        fitted.push(word.clone());
+    }
+    fitted
+}
+
 /// What identifies this process, which does not change while it runs:
 /// read once (from /proc and the user database), not on every acquisition.
 #[derive(Clone)]
@@ -161,9 +184,16 @@ struct ProcessIdentity {
     user: String,
 }
 
+/// This process's identity, once read.
+static CACHE: std::sync::Mutex<Option<ProcessIdentity>> = std::sync::Mutex::new(None);
+
+/// The cache's mutex, held across a fork (see `backend/ticker.rs`).
+pub(crate) fn hold_for_fork() -> Box<dyn std::any::Any> {
+    Box::new(CACHE.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
 impl ProcessIdentity {
     fn current() -> ProcessIdentity {
-        static CACHE: std::sync::Mutex<Option<ProcessIdentity>> = std::sync::Mutex::new(None);
         let pid = std::process::id();
         let uid = sys::uid();
         let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
@@ -208,6 +238,18 @@ mod tests {
         let mut record = Record::for_current_process(&[], 1);
         record.format = "onlyone/2".into();
         assert_eq!(Record::parse(record.to_line().as_bytes()), None);
+    }
+
+    #[test]
+    fn a_long_command_is_cut_short_so_that_the_record_reads_back() {
+        let command = vec!["true".to_owned(), "a".repeat(MAX_RECORD_LEN), "b".into()];
+        let record = Record::for_current_process(&command, 7);
+        assert!(record.to_line().len() <= MAX_RECORD_LEN);
+        assert_eq!(record.command, ["true", "[2 more arguments not recorded]"]);
+        assert_eq!(
+            Record::parse(record.to_line().trim_end().as_bytes()),
+            Some(record)
+        );
     }
 
     #[test]

@@ -2,8 +2,12 @@
 //! a thread per lock: starting and joining a thread was half the cost of
 //! an acquisition.
 
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::sync::{Condvar, Mutex, MutexGuard, Once};
 use std::time::Duration;
+
+use crate::sys;
 
 /// Work done at every tick; `false` when it is finished for good.
 pub(crate) trait Tick: Send {
@@ -20,14 +24,24 @@ struct Registry {
     jobs: Vec<(u64, Box<dyn Tick>)>,
     /// The process that started the thread: a forked child has none.
     thread_of: Option<u32>,
+    /// The thread waits without a timeout: a new job must wake it. While
+    /// it ticks, a new job waits for the next tick instead, so that an
+    /// acquisition does not wake another thread and contend for the lock.
+    parked: bool,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     next_id: 0,
     jobs: Vec::new(),
     thread_of: None,
+    parked: false,
 });
 static WAKE: Condvar = Condvar::new();
+
+/// How long the thread keeps ticking with no job before it parks: a
+/// process that takes and lets go of locks in a loop does not wake it at
+/// every acquisition, and an idle one does not wake at all.
+const LINGER: u32 = 40;
 
 fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
@@ -36,6 +50,7 @@ fn registry() -> MutexGuard<'static, Registry> {
 /// Ticks `job` every `interval` until it says it is finished or the ticket
 /// is dropped. `None` when no thread can be started.
 pub(crate) fn register(job: Box<dyn Tick>, interval: Duration) -> Option<Ticket> {
+    install_fork_hooks();
     let mut registry = registry();
     let me = std::process::id();
     if registry.thread_of != Some(me) {
@@ -48,7 +63,11 @@ pub(crate) fn register(job: Box<dyn Tick>, interval: Duration) -> Option<Ticket>
     let id = registry.next_id;
     registry.next_id += 1;
     registry.jobs.push((id, job));
-    WAKE.notify_all();
+    let parked = std::mem::take(&mut registry.parked);
+    drop(registry);
+    if parked {
+        WAKE.notify_all();
+    }
     Some(Ticket(id))
 }
 
@@ -60,16 +79,118 @@ impl Drop for Ticket {
     }
 }
 
+/// Installs (once) the at-fork hooks that hold the library's
+/// process-wide mutexes across every fork of the process.
+pub(crate) fn install_fork_hooks() {
+    static FORK_HOOKS: Once = Once::new();
+    FORK_HOOKS.call_once(|| sys::at_fork(before_fork, after_fork_in_parent, after_fork_in_child));
+}
+
+/// The mutexes held across a fork: the registry, then the others the
+/// acquire path takes (the kept directory identities, the mount table,
+/// the process's identity), outermost first, as the code nests them.
+type ForkHeld = (MutexGuard<'static, Registry>, Vec<Box<dyn Any>>);
+
+thread_local! {
+    /// The mutexes locked by this thread for a fork under way.
+    static FORKING: RefCell<Option<ForkHeld>> = const { RefCell::new(None) };
+    /// This thread is the ticking thread (which holds the registry while
+    /// it ticks).
+    static TICKER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Before a fork: no tick, and no acquisition's use of a process-wide
+/// mutex, may be under way, or the child would get that mutex locked by a
+/// thread it does not have, and hang at its first acquisition. (A fork
+/// from a tick itself, a loss callback that forks, holds the registry
+/// already and cannot wait for it.)
+extern "C" fn before_fork() {
+    if !TICKER.get() {
+        let registry = registry();
+        let mut others = vec![
+            crate::backend::file::hold_for_fork(),
+            crate::record::hold_for_fork(),
+        ];
+        others.extend(sys::hold_for_fork());
+        FORKING.with(|forking| *forking.borrow_mut() = Some((registry, others)));
+    }
+}
+
+extern "C" fn after_fork_in_parent() {
+    FORKING.with(|forking| drop(forking.borrow_mut().take()));
+}
+
+/// In the child: the parent's jobs are the parent's (its watchers, which
+/// would restore and lock the parent's files from here): never ticked, and
+/// never dropped (a drop could unlock what the parent holds).
+extern "C" fn after_fork_in_child() {
+    FORKING.with(|forking| {
+        if let Some((mut registry, _others)) = forking.borrow_mut().take() {
+            std::mem::forget(std::mem::take(&mut registry.jobs));
+            registry.parked = false;
+        }
+    });
+}
+
 fn run(interval: Duration) {
+    TICKER.set(true);
     let mut registry = registry();
+    let mut idle = 0;
     loop {
-        while registry.jobs.is_empty() {
-            registry = WAKE.wait(registry).unwrap_or_else(|e| e.into_inner());
+        idle = if registry.jobs.is_empty() {
+            idle + 1
+        } else {
+            0
+        };
+        if idle > LINGER {
+            registry.parked = true;
+            while registry.parked {
+                registry = WAKE.wait(registry).unwrap_or_else(|e| e.into_inner());
+            }
+            idle = 0;
         }
         registry = WAKE
             .wait_timeout(registry, interval)
             .unwrap_or_else(|e| e.into_inner())
             .0;
         registry.jobs.retain_mut(|(_, job)| job.tick());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    struct Send1(mpsc::Sender<()>);
+
+    impl Tick for Send1 {
+        fn tick(&mut self) -> bool {
+            let _ = self.0.send(());
+            true
+        }
+    }
+
+    /// A job registered after the thread parked for want of jobs is ticked:
+    /// registering wakes a parked thread (and only a parked one).
+    #[test]
+    fn a_job_registered_after_the_thread_parked_is_ticked() {
+        let interval = Duration::from_millis(5);
+        let (sender, ticks) = mpsc::channel();
+        let ticket = register(Box::new(Send1(sender)), interval).unwrap();
+        ticks.recv_timeout(Duration::from_secs(10)).unwrap();
+        drop(ticket);
+        // The thread parks once it has ticked LINGER times with no job
+        // (other tests of this process may register meanwhile: then it
+        // ticks them, and parks after they are gone).
+        let start = Instant::now();
+        while !registry().parked {
+            assert!(start.elapsed() < Duration::from_secs(60), "never parked");
+            std::thread::yield_now();
+        }
+        let (sender, ticks) = mpsc::channel();
+        let _ticket = register(Box::new(Send1(sender)), interval).unwrap();
+        ticks.recv_timeout(Duration::from_secs(10)).unwrap();
     }
 }

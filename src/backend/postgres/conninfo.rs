@@ -1,11 +1,17 @@
-//! The connection target: the URL or conninfo string completed from the
-//! libpq environment variables, and how it is shown without its password.
+//! The connection target: a URL or conninfo string completed as libpq
+//! completes it — from a service file group, then the `PG*` environment
+//! variables, then the defaults — split into the servers to try.
 
+use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
-use tokio_postgres::config::{Host, SslMode};
-
+use super::params::Params;
+pub(super) use super::redact::redact;
+use super::tls::TlsSettings;
+use super::{pgpass, service};
 use crate::error::{Error, Result};
 
 /// The port libpq uses when none is given.
@@ -14,12 +20,160 @@ const DEFAULT_PORT: u16 = 5432;
 /// Where libpq builds commonly put the server's Unix socket.
 const SOCKET_DIRS: [&str; 2] = ["/var/run/postgresql", "/tmp"];
 
-/// A server to connect to, with every default filled in.
+/// Each setting and the environment variable libpq fills it from.
+/// `PGAPPNAME` is left out on purpose: a lock session is always named
+/// `onlyone:…`, so that it can be told apart on the server.
+const ENVIRONMENT: [(&str, &str); 18] = [
+    ("host", "PGHOST"),
+    ("hostaddr", "PGHOSTADDR"),
+    ("port", "PGPORT"),
+    ("dbname", "PGDATABASE"),
+    ("user", "PGUSER"),
+    ("password", "PGPASSWORD"),
+    ("passfile", "PGPASSFILE"),
+    ("options", "PGOPTIONS"),
+    ("connect_timeout", "PGCONNECT_TIMEOUT"),
+    ("sslmode", "PGSSLMODE"),
+    ("sslrootcert", "PGSSLROOTCERT"),
+    ("sslcert", "PGSSLCERT"),
+    ("sslkey", "PGSSLKEY"),
+    ("sslcrl", "PGSSLCRL"),
+    ("sslsni", "PGSSLSNI"),
+    ("target_session_attrs", "PGTARGETSESSIONATTRS"),
+    ("load_balance_hosts", "PGLOADBALANCEHOSTS"),
+    ("channel_binding", "PGCHANNELBINDING"),
+];
+
+/// Settings handed to the driver as they are.
+const DRIVER_SETTINGS: [&str; 11] = [
+    "user",
+    "dbname",
+    "options",
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "tcp_user_timeout",
+    "target_session_attrs",
+    "channel_binding",
+];
+
+/// Settings read here: the servers, the password, TLS, and the
+/// application name, which onlyone sets itself.
+const OWN_SETTINGS: [&str; 14] = [
+    "host",
+    "hostaddr",
+    "port",
+    "password",
+    "passfile",
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "sslcrl",
+    "sslsni",
+    "load_balance_hosts",
+    "application_name",
+    "fallback_application_name",
+];
+
+/// Where a server listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Host {
+    Tcp(String),
+    /// The directory of its Unix socket.
+    Unix(PathBuf),
+}
+
+/// One server to try.
+#[derive(Clone)]
+pub(super) struct Server {
+    /// `None` when only `hostaddr` is given.
+    pub host: Option<Host>,
+    pub hostaddr: Option<IpAddr>,
+    pub port: u16,
+    password: Option<String>,
+}
+
+impl Server {
+    /// The driver's configuration for this server alone.
+    pub fn config(&self, base: &tokio_postgres::Config) -> tokio_postgres::Config {
+        let mut config = base.clone();
+        match (&self.host, self.hostaddr) {
+            (Some(Host::Tcp(name)), _) => config.host(name),
+            (Some(Host::Unix(dir)), _) => config.host_path(dir),
+            // The address is also the name the certificate must have.
+            (None, Some(addr)) => config.host(addr.to_string()),
+            (None, None) => unreachable!("a server has a host or a hostaddr"),
+        };
+        if let Some(addr) = self.hostaddr {
+            config.hostaddr(addr);
+        }
+        config.port(self.port);
+        if let Some(password) = &self.password {
+            config.password(password);
+        }
+        config
+    }
+
+    /// Whether the connection goes through a Unix socket, where libpq
+    /// never uses TLS.
+    pub fn is_unix(&self) -> bool {
+        matches!(self.host, Some(Host::Unix(_)))
+    }
+
+    /// `host:port`, `[ipv6]:port` or `[/socket/dir]:port`.
+    pub fn host_port(&self) -> String {
+        match (&self.host, self.hostaddr) {
+            (Some(Host::Tcp(name)), _) if name.contains(':') => format!("[{name}]:{}", self.port),
+            (Some(Host::Tcp(name)), _) => format!("{name}:{}", self.port),
+            (Some(Host::Unix(dir)), _) => format!("[{}]:{}", dir.display(), self.port),
+            (None, Some(IpAddr::V6(addr))) => format!("[{addr}]:{}", self.port),
+            (None, Some(addr)) => format!("{addr}:{}", self.port),
+            (None, None) => format!("?:{}", self.port),
+        }
+    }
+
+    /// The host as the password file knows it: a name or address, and
+    /// `localhost` for the default socket directory.
+    fn pgpass_host(&self) -> String {
+        match (&self.host, self.hostaddr) {
+            (Some(Host::Tcp(name)), _) => name.clone(),
+            (Some(Host::Unix(dir)), _) if SOCKET_DIRS.iter().any(|d| Path::new(d) == dir) => {
+                "localhost".to_owned()
+            }
+            (Some(Host::Unix(dir)), _) => dir.display().to_string(),
+            (None, Some(addr)) => addr.to_string(),
+            (None, None) => "localhost".to_owned(),
+        }
+    }
+}
+
+/// Never shows the password.
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("host", &self.host)
+            .field("hostaddr", &self.hostaddr)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything needed to connect, with every default filled in.
 #[derive(Clone, Debug)]
 pub(super) struct Target {
-    /// The driver's configuration (its `Debug` hides the password).
-    pub config: tokio_postgres::Config,
-    /// `postgres://host:port/db`, never with a password.
+    /// The servers to try, in order (`host=a,b`).
+    pub servers: Vec<Server>,
+    /// Try them in a random order (`load_balance_hosts=random`).
+    pub random_order: bool,
+    /// The driver's settings shared by every server: no host, no
+    /// password, no TLS mode (its `Debug` hides the password anyway).
+    pub base: tokio_postgres::Config,
+    pub tls: TlsSettings,
+    /// `postgres://host:port/db` (all servers, comma-separated), never with
+    /// a password.
     pub location: String,
     /// The URL as given, with its password replaced by `***`.
     pub redacted_url: String,
@@ -27,8 +181,10 @@ pub(super) struct Target {
 
 impl Target {
     /// Parses `url` (a `postgres://` URL or `key=value` conninfo) and fills
-    /// what it leaves out from `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`,
-    /// `PGDATABASE` and the password file (`PGPASSFILE`, else `~/.pgpass`).
+    /// what it leaves out as libpq does: from the service file group that
+    /// `service` or `PGSERVICE` names, then from `PGHOST`, `PGPORT`,
+    /// `PGUSER`, `PGPASSWORD`, `PGSSLMODE`… (see [`ENVIRONMENT`]), then the
+    /// password file.
     pub fn parse(url: &str) -> Result<Target> {
         Target::parse_with(url, &|var| std::env::var(var).ok(), &socket_exists)
     }
@@ -38,317 +194,188 @@ impl Target {
         env: &dyn Fn(&str) -> Option<String>,
         socket_exists: &dyn Fn(&Path) -> bool,
     ) -> Result<Target> {
+        let env = |var: &str| env(var).filter(|value| !value.is_empty());
         let redacted_url = redact(url);
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|err| {
-            Error::usage(format!(
-                "malformed PostgreSQL URL {redacted_url:?}: {}",
-                super::session::describe(&err)
-            ))
-        })?;
-        refuse_required_tls(&config, env, &redacted_url)?;
-        fill_from_env(&mut config, env, socket_exists)?;
-        let location = location(&config);
+        let malformed =
+            |why: &str| Error::usage(format!("malformed PostgreSQL URL {redacted_url:?}: {why}"));
+        if let Some(scheme) = Params::foreign_scheme(url) {
+            // Not quoted: a password in it would not be recognized.
+            return Err(Error::usage(format!(
+                "not a PostgreSQL URL: it starts with {scheme}://, and a PostgreSQL URL starts with postgres:// or postgresql:// (or is a key=value string)"
+            )));
+        }
+        let mut params = Params::parse(url).map_err(|why| malformed(&why))?;
+        if let Some(service) = params.remove("service").or_else(|| env("PGSERVICE")) {
+            service::apply(&service, &service::files(&env), &mut params)
+                .map_err(|why| malformed(&why))?;
+        }
+        for (key, var) in ENVIRONMENT {
+            if let Some(value) = env(var) {
+                params.set_default(key, &value);
+            }
+        }
+        if let Some(key) = params
+            .keys()
+            .find(|key| !DRIVER_SETTINGS.contains(key) && !OWN_SETTINGS.contains(key))
+        {
+            return Err(malformed(&format!(
+                "onlyone does not support the connection option \"{key}\""
+            )));
+        }
+        let home = env("HOME").map(PathBuf::from);
+        let tls = TlsSettings::take(&mut params, home.as_deref())?;
+        let random_order = match params.remove("load_balance_hosts").as_deref() {
+            None | Some("disable") => false,
+            Some("random") => true,
+            Some(other) => {
+                return Err(malformed(&format!(
+                    "invalid load_balance_hosts \"{other}\": it is disable or random"
+                )));
+            }
+        };
+        let servers = servers(&mut params, socket_exists).map_err(|why| malformed(&why))?;
+        let password = params.remove("password");
+        let passfile = params
+            .remove("passfile")
+            .map(PathBuf::from)
+            .or_else(|| home.map(|home| home.join(".pgpass")));
+        for key in ["application_name", "fallback_application_name"] {
+            params.remove(key);
+        }
+        let base = tokio_postgres::Config::from_str(&params.to_conninfo())
+            .map_err(|err| malformed(&super::failure::describe(&err)))?;
+        let servers = with_passwords(servers, &base, password, passfile.as_deref());
+        let location = location(&servers, &base);
         Ok(Target {
-            config,
+            servers,
+            random_order,
+            base,
+            tls,
             location,
             redacted_url,
         })
     }
-}
 
-/// The driver is built without TLS: a URL that demands it must not be
-/// silently downgraded to a plain connection.
-fn refuse_required_tls(
-    config: &tokio_postgres::Config,
-    env: &dyn Fn(&str) -> Option<String>,
-    redacted_url: &str,
-) -> Result<()> {
-    let env_mode = env("PGSSLMODE").unwrap_or_default();
-    let env_requires = matches!(env_mode.as_str(), "require" | "verify-ca" | "verify-full");
-    if config.get_ssl_mode() == SslMode::Require || env_requires {
-        return Err(Error::usage(format!(
-            "PostgreSQL URL {redacted_url:?} requires TLS, which onlyone does not support yet; use sslmode=disable or prefer on a trusted network"
-        )));
+    /// How long connecting to one server may take: `connect_timeout`, else
+    /// `default`.
+    pub fn connect_timeout(&self, default: Duration) -> Duration {
+        self.base.get_connect_timeout().copied().unwrap_or(default)
     }
-    Ok(())
+
+    /// `postgres://host:port/db` of one server.
+    pub fn location_of(&self, server: &Server) -> String {
+        location(std::slice::from_ref(server), &self.base)
+    }
 }
 
-fn fill_from_env(
-    config: &mut tokio_postgres::Config,
-    env: &dyn Fn(&str) -> Option<String>,
+/// The servers of `host`, `hostaddr` and `port` (comma-separated lists,
+/// matched by position as libpq does), which are taken out of `params`.
+fn servers(
+    params: &mut Params,
     socket_exists: &dyn Fn(&Path) -> bool,
-) -> Result<()> {
-    let env = |var: &str| env(var).filter(|value| !value.is_empty());
-    if config.get_ports().is_empty()
-        && let Some(port) = env("PGPORT")
-    {
-        let port = port
-            .parse::<u16>()
-            .map_err(|_| Error::usage(format!("PGPORT {port:?} is not a port number")))?;
-        config.port(port);
+) -> std::result::Result<Vec<Server>, String> {
+    let list = |value: Option<String>| -> Vec<String> {
+        value.map_or_else(Vec::new, |v| v.split(',').map(str::to_owned).collect())
+    };
+    let hosts = list(params.remove("host"));
+    let addrs = list(params.remove("hostaddr"));
+    let ports = list(params.remove("port"));
+    if !hosts.is_empty() && !addrs.is_empty() && hosts.len() != addrs.len() {
+        return Err(format!(
+            "could not match {} host names to {} hostaddr values",
+            hosts.len(),
+            addrs.len()
+        ));
     }
-    let port = config.get_ports().first().copied().unwrap_or(DEFAULT_PORT);
-    if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
-        match env("PGHOST") {
-            Some(hosts) => {
-                for host in hosts.split(',') {
-                    add_host(config, host);
-                }
-            }
-            None => add_host(config, &default_host(port, socket_exists)),
-        }
+    let count = hosts.len().max(addrs.len()).max(1);
+    if ports.len() > 1 && ports.len() != count {
+        return Err(format!(
+            "could not match {} port numbers to {count} hosts",
+            ports.len()
+        ));
     }
-    if config.get_user().is_none()
-        && let Some(user) = env("PGUSER")
-    {
-        config.user(&user);
-    }
-    if config.get_dbname().is_none()
-        && let Some(dbname) = env("PGDATABASE")
-    {
-        config.dbname(&dbname);
-    }
-    if config.get_password().is_none() {
-        if let Some(password) = env("PGPASSWORD") {
-            config.password(password);
-        } else if let Some(password) = password_from_file(config, &env) {
-            config.password(password);
-        }
-    }
-    Ok(())
-}
-
-fn add_host(config: &mut tokio_postgres::Config, host: &str) {
-    if host.starts_with('/') {
-        config.host_path(host);
-    } else {
-        config.host(host);
-    }
+    (0..count)
+        .map(|i| {
+            let port = match ports.get(i).or(ports.first()).map(String::as_str) {
+                None | Some("") => DEFAULT_PORT,
+                Some(port) => port
+                    .parse()
+                    .map_err(|_| format!("invalid port number \"{port}\""))?,
+            };
+            let hostaddr = match addrs.get(i).map(String::as_str) {
+                None | Some("") => None,
+                Some(addr) => Some(
+                    addr.parse()
+                        .map_err(|_| format!("invalid hostaddr \"{addr}\""))?,
+                ),
+            };
+            let host = match hosts.get(i).map(String::as_str) {
+                Some("") | None if hostaddr.is_none() => Some(default_host(port, socket_exists)),
+                Some("") | None => None,
+                Some(host) if host.starts_with('/') => Some(Host::Unix(PathBuf::from(host))),
+                Some(host) => Some(Host::Tcp(host.to_owned())),
+            };
+            Ok(Server {
+                host,
+                hostaddr,
+                port,
+                password: None,
+            })
+        })
+        .collect()
 }
 
 /// libpq's default: the local Unix socket, else `localhost`.
-fn default_host(port: u16, socket_exists: &dyn Fn(&Path) -> bool) -> String {
+fn default_host(port: u16, socket_exists: &dyn Fn(&Path) -> bool) -> Host {
     SOCKET_DIRS
         .iter()
         .find(|dir| socket_exists(&Path::new(dir).join(format!(".s.PGSQL.{port}"))))
-        .map_or_else(|| "localhost".to_owned(), |dir| (*dir).to_owned())
+        .map_or_else(
+            || Host::Tcp("localhost".to_owned()),
+            |dir| Host::Unix(PathBuf::from(dir)),
+        )
 }
 
 fn socket_exists(path: &Path) -> bool {
     path.exists()
 }
 
-/// `postgres://host:port/db` of the first server (all of them, comma
-/// separated, when several are listed).
-fn location(config: &tokio_postgres::Config) -> String {
-    let ports = config.get_ports();
-    let port_of = |i: usize| {
-        ports
-            .get(i)
-            .or_else(|| ports.first())
-            .copied()
-            .unwrap_or(DEFAULT_PORT)
-    };
-    let mut hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .enumerate()
-        .map(|(i, host)| match host {
-            Host::Tcp(name) if name.contains(':') => format!("[{name}]:{}", port_of(i)),
-            Host::Tcp(name) => format!("{name}:{}", port_of(i)),
-            Host::Unix(path) => format!("[{}]:{}", path.display(), port_of(i)),
-        })
-        .collect();
-    if hosts.is_empty() {
-        hosts = config
-            .get_hostaddrs()
-            .iter()
-            .enumerate()
-            .map(|(i, addr)| format!("{addr}:{}", port_of(i)))
-            .collect();
-    }
-    let dbname = config
-        .get_dbname()
-        .map(str::to_owned)
-        .or_else(|| config.get_user().map(str::to_owned))
-        .unwrap_or_default();
-    format!("postgres://{}/{dbname}", hosts.join(","))
-}
-
-/// The password from the libpq password file (`PGPASSFILE`, else
-/// `~/.pgpass`), which is ignored when others may read it, as libpq does.
-fn password_from_file(
-    config: &tokio_postgres::Config,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Option<String> {
-    let path = match env("PGPASSFILE") {
-        Some(path) => PathBuf::from(path),
-        None => PathBuf::from(env("HOME")?).join(".pgpass"),
-    };
-    let meta = std::fs::metadata(&path).ok()?;
-    if !meta.is_file() {
-        return None;
-    }
-    if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0 {
-        log::warn!(
-            "ignoring the password file {}: others may read it (it must be mode 0600 or less)",
-            path.display()
-        );
-        return None;
-    }
-    let text = std::fs::read_to_string(&path).ok()?;
-    let host = match config.get_hosts().first() {
-        Some(Host::Tcp(name)) => name.clone(),
-        // libpq matches a Unix socket against "localhost".
-        _ => "localhost".to_owned(),
-    };
-    let port = config
-        .get_ports()
-        .first()
-        .copied()
-        .unwrap_or(DEFAULT_PORT)
-        .to_string();
-    let user = config
+/// Each server's password: the one given, else its line in the password
+/// file.
+fn with_passwords(
+    servers: Vec<Server>,
+    base: &tokio_postgres::Config,
+    password: Option<String>,
+    passfile: Option<&Path>,
+) -> Vec<Server> {
+    let user = base
         .get_user()
         .map(str::to_owned)
         .unwrap_or_else(|| crate::sys::user_name(crate::sys::uid()));
-    let dbname = config
+    let dbname = base
         .get_dbname()
         .map_or_else(|| user.clone(), str::to_owned);
-    pgpass_lookup(&text, [&host, &port, &dbname, &user])
-}
-
-/// The password of the first line of a password file whose host, port,
-/// database and user match (`*` matches anything; `\` escapes `:` and `\`).
-fn pgpass_lookup(text: &str, wanted: [&str; 4]) -> Option<String> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let fields = split_pgpass_line(line);
-            (fields.len() == 5).then_some(fields)
+    servers
+        .into_iter()
+        .map(|mut server| {
+            server.password = password.clone().or_else(|| {
+                let port = server.port.to_string();
+                let host = server.pgpass_host();
+                pgpass::lookup(passfile?, [&host, &port, &dbname, &user])
+            });
+            server
         })
-        .find(|fields| {
-            fields[..4]
-                .iter()
-                .zip(wanted)
-                .all(|(field, want)| field == "*" || field == want)
-        })
-        .map(|mut fields| fields.remove(4))
+        .collect()
 }
 
-fn split_pgpass_line(line: &str) -> Vec<String> {
-    let mut fields = vec![String::new()];
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => fields.last_mut().expect("never empty").extend(chars.next()),
-            ':' if fields.len() < 5 => fields.push(String::new()),
-            c => fields.last_mut().expect("never empty").push(c),
-        }
-    }
-    fields
-}
-
-/// `url` with any password replaced by `***`: the `user:password@` part
-/// and a `password=` parameter of a URL, or the `password=` pair of a
-/// conninfo string.
-pub(super) fn redact(url: &str) -> String {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        redact_url(url)
-    } else {
-        redact_conninfo(url)
-    }
-}
-
-fn redact_url(url: &str) -> String {
-    let scheme_end = url.find("://").map_or(0, |i| i + 3);
-    let (scheme, rest) = url.split_at(scheme_end);
-    let query_start = rest.find('?').unwrap_or(rest.len());
-    let (before_query, query) = rest.split_at(query_start);
-    let authority = match before_query.rfind('@') {
-        Some(at) => {
-            let (userinfo, host_and_path) = before_query.split_at(at);
-            match userinfo.split_once(':') {
-                Some((user, _password)) => format!("{user}:***{host_and_path}"),
-                None => before_query.to_owned(),
-            }
-        }
-        None => before_query.to_owned(),
-    };
-    let query = query
-        .split_inclusive('&')
-        .map(|param| {
-            let (pair, amp) = match param.strip_suffix('&') {
-                Some(pair) => (pair, "&"),
-                None => (param, ""),
-            };
-            let pair_key = pair.trim_start_matches('?').split('=').next().unwrap_or("");
-            if pair_key == "password" {
-                let prefix = if pair.starts_with('?') { "?" } else { "" };
-                format!("{prefix}password=***{amp}")
-            } else {
-                param.to_owned()
-            }
-        })
-        .collect::<String>();
-    format!("{scheme}{authority}{query}")
-}
-
-/// Replaces the value of `password` in `key = value` pairs; values may be
-/// single-quoted with backslash escapes.
-fn redact_conninfo(conninfo: &str) -> String {
-    let mut out = String::with_capacity(conninfo.len());
-    let mut rest = conninfo;
-    while !rest.is_empty() {
-        let spaces = rest.len() - rest.trim_start().len();
-        out.push_str(&rest[..spaces]);
-        rest = &rest[spaces..];
-        let key_len = rest
-            .find(|c: char| c == '=' || c.is_whitespace())
-            .unwrap_or(rest.len());
-        let key = &rest[..key_len];
-        out.push_str(key);
-        rest = &rest[key_len..];
-        let before_eq = rest.len() - rest.trim_start().len();
-        let Some(after_eq) = rest.trim_start().strip_prefix('=') else {
-            out.push_str(rest);
-            break;
-        };
-        out.push_str(&rest[..before_eq]);
-        out.push('=');
-        let spaces = after_eq.len() - after_eq.trim_start().len();
-        out.push_str(&after_eq[..spaces]);
-        let value_and_rest = &after_eq[spaces..];
-        let value_len = conninfo_value_len(value_and_rest);
-        if key == "password" {
-            out.push_str("***");
-        } else {
-            out.push_str(&value_and_rest[..value_len]);
-        }
-        rest = &value_and_rest[value_len..];
-    }
-    out
-}
-
-/// The length of the value at the start of `text`: a quoted string, or
-/// everything up to the next whitespace.
-fn conninfo_value_len(text: &str) -> usize {
-    let mut chars = text.char_indices();
-    let quoted = text.starts_with('\'');
-    if quoted {
-        chars.next();
-    }
-    while let Some((i, c)) = chars.next() {
-        match c {
-            '\\' => {
-                chars.next();
-            }
-            '\'' if quoted => return i + 1,
-            c if !quoted && c.is_whitespace() => return i,
-            _ => {}
-        }
-    }
-    text.len()
+/// `postgres://host:port,host:port/db`.
+fn location(servers: &[Server], base: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = servers.iter().map(Server::host_port).collect();
+    let dbname = base
+        .get_dbname()
+        .or_else(|| base.get_user())
+        .unwrap_or_default();
+    format!("postgres://{}/{dbname}", hosts.join(","))
 }
 
 #[cfg(test)]
@@ -368,36 +395,18 @@ mod tests {
     }
 
     #[test]
-    fn redacts_passwords_in_urls() {
-        assert_eq!(
-            redact("postgres://bot:s3cret@db1:5432/app"),
-            "postgres://bot:***@db1:5432/app"
-        );
-        assert_eq!(
-            redact("postgresql://bot@db1/app?password=s3cret&sslmode=disable"),
-            "postgresql://bot@db1/app?password=***&sslmode=disable"
-        );
-        assert_eq!(
-            redact("postgres://db1/app?sslmode=disable&password=x"),
-            "postgres://db1/app?sslmode=disable&password=***"
-        );
-        assert_eq!(redact("postgres://db1/app"), "postgres://db1/app");
-    }
-
-    #[test]
-    fn redacts_passwords_in_conninfo() {
-        assert_eq!(
-            redact("host=db1 password=s3cret user=bot"),
-            "host=db1 password=*** user=bot"
-        );
-        assert_eq!(
-            redact("host=db1 password = s3cret"),
-            "host=db1 password = ***"
-        );
-        assert_eq!(
-            redact("host=db1 password='a b\\' c' dbname=app"),
-            "host=db1 password=*** dbname=app"
-        );
+    fn a_url_of_another_database_is_not_a_postgresql_url() {
+        for url in ["mysql://bot:secret@db1/app", "redis://db1", "jdbc+x://db1"] {
+            let err = parse(url, &[]).unwrap_err();
+            assert!(err.is_usage(), "{url}");
+            let text = err.to_string();
+            assert!(
+                text.starts_with("not a PostgreSQL URL: it starts with "),
+                "{text}"
+            );
+            assert!(!text.contains("secret"), "{text}");
+        }
+        assert!(parse("host=db1 sslrootcert=file://x", &[]).is_ok());
     }
 
     #[test]
@@ -410,24 +419,79 @@ mod tests {
                 ("PGUSER", "bot"),
                 ("PGPASSWORD", "pw"),
                 ("PGDATABASE", "ignored"),
+                ("PGCONNECT_TIMEOUT", "7"),
+                ("PGAPPNAME", "not-used"),
             ],
         )
         .unwrap();
         assert_eq!(target.location, "postgres://db9:6543/app");
-        assert_eq!(target.config.get_user(), Some("bot"));
-        assert_eq!(target.config.get_password(), Some(&b"pw"[..]));
+        assert_eq!(target.base.get_user(), Some("bot"));
+        let config = target.servers[0].config(&target.base);
+        assert_eq!(config.get_password(), Some(&b"pw"[..]));
+        assert_eq!(
+            target.connect_timeout(Duration::from_secs(10)),
+            Duration::from_secs(7)
+        );
+        assert_eq!(config.get_application_name(), None);
     }
 
     #[test]
     fn the_url_wins_over_the_environment() {
         let target = parse(
-            "postgres://u:p@db1:5433/one",
-            &[("PGHOST", "db9"), ("PGPORT", "1"), ("PGPASSWORD", "other")],
+            "postgres://u:p@db1:5433/one?sslmode=disable",
+            &[
+                ("PGHOST", "db9"),
+                ("PGPORT", "1"),
+                ("PGPASSWORD", "other"),
+                ("PGSSLMODE", "verify-full"),
+            ],
         )
         .unwrap();
         assert_eq!(target.location, "postgres://db1:5433/one");
-        assert_eq!(target.config.get_password(), Some(&b"p"[..]));
-        assert_eq!(target.redacted_url, "postgres://u:***@db1:5433/one");
+        let config = target.servers[0].config(&target.base);
+        assert_eq!(config.get_password(), Some(&b"p"[..]));
+        assert_eq!(
+            target.redacted_url,
+            "postgres://u:***@db1:5433/one?sslmode=disable"
+        );
+        assert_eq!(target.tls.mode.as_str(), "disable");
+    }
+
+    #[test]
+    fn lists_several_servers_in_order() {
+        let target = parse(
+            "host=db1,db2,/run/pg port=5433,5434,5435 target_session_attrs=read-write",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            target.location,
+            "postgres://db1:5433,db2:5434,[/run/pg]:5435/"
+        );
+        assert!(target.servers[2].is_unix());
+        let url = parse("postgres://a:1,b/db", &[]).unwrap();
+        assert_eq!(url.location, "postgres://a:1,b:5432/db");
+        let err = parse("host=a,b port=1,2,3", &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("could not match 3 port numbers to 2 hosts")
+        );
+    }
+
+    #[test]
+    fn defaults_to_the_socket_or_localhost() {
+        let target = Target::parse_with("dbname=app", &|_| None, &|path| {
+            path == Path::new("/tmp/.s.PGSQL.5432")
+        })
+        .unwrap();
+        assert_eq!(target.servers[0].host, Some(Host::Unix("/tmp".into())));
+        let target = parse("hostaddr=10.0.0.5", &[]).unwrap();
+        assert_eq!(target.servers[0].host, None);
+        assert_eq!(target.location, "postgres://10.0.0.5:5432/");
+        assert_eq!(
+            parse("", &[]).unwrap().location,
+            "postgres://localhost:5432/"
+        );
     }
 
     #[test]
@@ -436,6 +500,8 @@ mod tests {
             "postgres://u:hunter2@db1:notaport/app",
             "host=db1 password=hunter2 bogus",
             "host=db1 password=hunter2 sslmode=sometimes",
+            "host=db1 password=hunter2 sslpassword=x",
+            "host=db1 password=hunter2 keepalives_idle=soon",
         ] {
             let err = parse(url, &[]).unwrap_err();
             assert!(err.is_usage(), "{url}: {err}");
@@ -444,24 +510,35 @@ mod tests {
     }
 
     #[test]
-    fn refuses_to_downgrade_required_tls() {
-        let err = parse("postgres://db1/app?sslmode=require", &[]).unwrap_err();
+    fn reads_the_service_file() {
+        let dir = std::env::temp_dir().join(format!("onlyone-service-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("services.conf");
+        std::fs::write(&file, "[lock]\nhost=db7\nport=6000\nsslmode=require\n").unwrap();
+        let file = file.to_string_lossy().into_owned();
+        let target = parse(
+            "service=lock dbname=app",
+            &[
+                ("PGSERVICEFILE", &file),
+                ("PGPORT", "1"),
+                ("PGSSLMODE", "disable"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(target.location, "postgres://db7:6000/app");
+        assert_eq!(target.tls.mode.as_str(), "require");
+        let target = parse(
+            "dbname=app",
+            &[("PGSERVICEFILE", &file), ("PGSERVICE", "lock")],
+        )
+        .unwrap();
+        assert_eq!(target.location, "postgres://db7:6000/app");
+        let err = parse("service=other", &[("PGSERVICEFILE", &file)]).unwrap_err();
         assert!(err.is_usage());
-        assert!(err.to_string().contains("TLS"), "{err}");
-        let err = parse("postgres://db1/app", &[("PGSSLMODE", "verify-full")]).unwrap_err();
-        assert!(err.is_usage());
-    }
-
-    #[test]
-    fn reads_the_password_file_format() {
-        let text = "# comment\nother:*:*:*:no\ndb1:5432:app:bot:pa\\:ss\n*:*:*:*:fallback\n";
-        assert_eq!(
-            pgpass_lookup(text, ["db1", "5432", "app", "bot"]),
-            Some("pa:ss".to_owned())
+        assert!(
+            err.to_string()
+                .contains("definition of service \"other\" not found")
         );
-        assert_eq!(
-            pgpass_lookup(text, ["db2", "5432", "app", "bot"]),
-            Some("fallback".to_owned())
-        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -2,46 +2,55 @@
 //! dedicated connection, with a heartbeat, fencing tokens and a lock-delay
 //! kept in a small state table. See [`PostgresBackend`] for the whole story.
 
+mod acquire;
+mod cancel;
+mod connect;
 mod conninfo;
+mod failure;
+mod fence;
 mod heartbeat;
+mod params;
+mod pgpass;
+mod pool;
+mod redact;
+mod server_view;
+mod service;
 mod session;
 mod state;
+mod stop;
+mod table;
+mod tls;
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub use self::cancel::Cancel;
 use self::conninfo::Target;
-use self::heartbeat::{Keep, PostgresHeld};
-use self::session::{Session, Wait};
-use self::state::{Row, ServerView, Table};
-use crate::backend::{Attempt, Backend, Guard, Holder, Round, Status, rounds};
+pub use self::fence::STALE_TOKEN_SQLSTATE;
+use self::server_view::ServerView;
+use self::session::Session;
+use self::state::Row;
+use self::table::Table;
+use crate::backend::wait::{Round, rounds};
+use crate::backend::{Attempt, Backend, HolderId, Status, Stop, Wait};
 use crate::error::{Error, Result};
 use crate::name::LockName;
-use crate::record::Record;
 use crate::sys;
+use crate::timing::{LOCK_DELAY_MARGIN, Timing};
 
 /// The versioned prefix hashed with a lock name into its advisory key.
 const KEY_PREFIX: &str = "onlyone/v1/";
 
-/// The state table used unless told otherwise.
-const DEFAULT_TABLE: &str = "onlyone_locks";
+/// The state table used unless told otherwise: always named with its
+/// schema, so that every role finds the same one whatever its search_path.
+const DEFAULT_TABLE: &str = "public.onlyone_locks";
 
-/// How often a holder checks its session, unless told otherwise.
-const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
-
-/// How long a supervisor gives a command between SIGTERM and SIGKILL,
-/// unless told otherwise.
-const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
-
-/// What the heartbeat deadline allows beyond two heartbeats: one slow
-/// round trip.
-const DEADLINE_SLACK: Duration = Duration::from_secs(1);
-
-/// What the default lock-delay adds to heartbeat deadline + kill grace, for
-/// scheduling and clock jitter.
-const LOCK_DELAY_MARGIN: Duration = Duration::from_secs(2);
+/// The longest heartbeat interval: the server's idle limit on a lock
+/// session, 2 × heartbeat + 1 s + 2 s, must fit `idle_session_timeout`
+/// (an int of milliseconds, about 24.8 days).
+const MAX_HEARTBEAT: Duration = Duration::from_secs(12 * 24 * 3600);
 
 /// How long a waiter whose session ended pauses before it opens another.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
@@ -54,30 +63,39 @@ const MAX_APPLICATION_NAME: usize = 63;
 #[derive(Clone)]
 pub struct PostgresConfig {
     /// A `postgres://user:password@host:port/db` URL or a `key=value`
-    /// conninfo string. What it leaves out comes from `PGHOST`, `PGPORT`,
-    /// `PGUSER`, `PGPASSWORD`, `PGDATABASE` and the password file
-    /// (`PGPASSFILE`, else `~/.pgpass`), as with libpq; without a host,
-    /// the local Unix socket (`/var/run/postgresql` or `/tmp`), else
-    /// `localhost`. Connections are plain TCP or Unix sockets: TLS is not
-    /// supported yet, and a URL that requires it is refused.
+    /// conninfo string, read as libpq reads it. What it leaves out comes
+    /// from the service file group that `service=` or `PGSERVICE` names,
+    /// then from `PGHOST`, `PGHOSTADDR`, `PGPORT`, `PGUSER`, `PGPASSWORD`,
+    /// `PGDATABASE`, `PGOPTIONS`, `PGCONNECT_TIMEOUT`, `PGSSLMODE`,
+    /// `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`, `PGSSLCRL`, `PGSSLSNI`,
+    /// `PGTARGETSESSIONATTRS`, `PGLOADBALANCEHOSTS`, `PGCHANNELBINDING`,
+    /// then the password file (`passfile`, `PGPASSFILE`, else
+    /// `~/.pgpass`); without a host, the local Unix socket
+    /// (`/var/run/postgresql` or `/tmp`), else `localhost`. TLS follows
+    /// libpq's `sslmode` (default `prefer`: encrypted when the server
+    /// offers it). Several hosts are tried in turn. `PGAPPNAME` and
+    /// `application_name` are not used: the session is named by onlyone.
     pub url: String,
     /// An explicit advisory key instead of the one derived from the lock
     /// name ([`PostgresBackend::key_for`]); for interoperating with other
-    /// programs that already lock a fixed key.
+    /// programs that already lock a fixed key. The state row belongs to the
+    /// key: every lock name that takes it shares one row. It names one
+    /// lock, so it cannot serve the slots of a semaphore.
     pub key: Option<i64>,
     /// The state table: a lowercase identifier, optionally qualified by a
-    /// schema (`schema.table`). Default `onlyone_locks`.
+    /// schema (`schema.table`) other than a system one (`pg_*`: `pg_temp`
+    /// would give each session a table of its own, gone with it); without
+    /// a schema it is in `public` (never
+    /// looked up through the role's `search_path`). Default
+    /// `public.onlyone_locks`. Every holder of one advisory key must use
+    /// the same table: a starter that finds the key recorded in another
+    /// state table of the database refuses to start.
     pub table: String,
-    /// How often a holder checks its session. Default 1 s.
-    pub heartbeat: Duration,
-    /// How long a new holder waits before it returns when the previous
-    /// holder lost the lock uncleanly. `None`: heartbeat deadline + kill
-    /// grace + 2 s (10 s with the defaults). See [`PostgresBackend`].
-    pub lock_delay: Option<Duration>,
-    /// The grace period a supervisor gives its command between SIGTERM and
-    /// SIGKILL when the lock is lost; only used for the lock-delay. Default
-    /// 5 s.
-    pub kill_grace: Duration,
+    /// The heartbeat interval, the lock-delay, and the kill grace of the
+    /// supervisor that runs the command (used here only for the
+    /// lock-delay): give the supervisor the same [`Timing`]. See
+    /// [`PostgresBackend`].
+    pub timing: Timing,
 }
 
 impl PostgresConfig {
@@ -87,29 +105,8 @@ impl PostgresConfig {
             url: url.into(),
             key: None,
             table: DEFAULT_TABLE.to_owned(),
-            heartbeat: DEFAULT_HEARTBEAT,
-            lock_delay: None,
-            kill_grace: DEFAULT_KILL_GRACE,
+            timing: Timing::default(),
         }
-    }
-
-    /// The heartbeat deadline T = 2 × heartbeat + 1 s (3 s by default): a
-    /// holder whose heartbeat has not succeeded for this long considers
-    /// its lock lost.
-    pub fn heartbeat_deadline(&self) -> Duration {
-        self.heartbeat
-            .saturating_mul(2)
-            .saturating_add(DEADLINE_SLACK)
-    }
-
-    /// The lock-delay in effect: the configured one, else heartbeat
-    /// deadline + kill grace + 2 s.
-    pub fn effective_lock_delay(&self) -> Duration {
-        self.lock_delay.unwrap_or_else(|| {
-            self.heartbeat_deadline()
-                .saturating_add(self.kill_grace)
-                .saturating_add(LOCK_DELAY_MARGIN)
-        })
     }
 }
 
@@ -120,9 +117,7 @@ impl fmt::Debug for PostgresConfig {
             .field("url", &conninfo::redact(&self.url))
             .field("key", &self.key)
             .field("table", &self.table)
-            .field("heartbeat", &self.heartbeat)
-            .field("lock_delay", &self.lock_delay)
-            .field("kill_grace", &self.kill_grace)
+            .field("timing", &self.timing)
             .finish()
     }
 }
@@ -171,7 +166,9 @@ impl fmt::Debug for PostgresConfig {
 ///
 /// Waiting ([`Backend::acquire`]) happens in the server's lock queue
 /// (`SET lock_timeout`, then `pg_advisory_lock`): the server wakes the
-/// waiter the moment the holder lets go; nothing polls.
+/// waiter the moment the holder lets go; nothing polls. Every session sets
+/// `search_path = pg_catalog, pg_temp`, so that the system's functions and
+/// views are the ones used.
 ///
 /// # Timing
 ///
@@ -206,20 +203,35 @@ impl fmt::Debug for PostgresConfig {
 ///   waits the lock-delay before it returns, while its own heartbeat runs.
 ///   The old holder learns of its loss within T and its supervisor stops
 ///   its command within the kill grace, so the delay must satisfy
-///   `lock_delay > T + kill_grace` — the *previous* holder's T and kill
-///   grace, which it records in the state row: the new holder waits the
-///   longer of its own lock-delay and that record + 2 s. The default is
-///   T + kill grace + 2 s = 10 s. A shorter configured delay is accepted
-///   with a warning. A clean release needs no delay.
+///   `lock_delay > T + kill_grace` — the *previous* holders' T and kill
+///   grace, which each records in the state row. Until a holder releases
+///   cleanly, the row carries the largest T + kill grace + 2 s of every
+///   holder since the last clean release (`owed_ms`): a holder lost during
+///   its own delay does not shorten the wait for an earlier one's command.
+///   The new holder waits the longer of its own lock-delay and that bound,
+///   counted from its own acquisition (it compares no clocks: it may wait
+///   longer than needed, never shorter). The default is
+///   T + kill grace + 2 s = 10 s. A configured delay is a floor: a shorter
+///   one does not shorten the recorded bounds (only a row written by an
+///   onlyone that did not record them, whose bound is taken as 0 + 2 s,
+///   depends on it). A clean release needs no delay. A timeout given to
+///   [`Backend::acquire`] bounds the delay too: at the timeout the lock is
+///   given up, the row left 'held', and [`Attempt::Held`] has
+///   [`Holder::lock_delay`](crate::Holder) set. A starter whose session
+///   ends after it took the lock, before its command ran, starts over.
 ///
 /// # The state table
 ///
-/// One row per lock name, created on first use with
+/// One row per advisory key, whatever lock name (or explicit key) took it,
+/// in `public.onlyone_locks` unless told otherwise. The table is always
+/// named with its schema (`public` when none is given), never looked up
+/// through the role's `search_path`, so that every role finds the same
+/// one. Created on first use with
 ///
 /// ```sql
-/// CREATE TABLE IF NOT EXISTS onlyone_locks (
-///     name        text PRIMARY KEY,      -- the lock name
-///     key         bigint NOT NULL,       -- its advisory key
+/// CREATE TABLE IF NOT EXISTS public.onlyone_locks (
+///     key         bigint PRIMARY KEY,    -- the advisory key
+///     name        text NOT NULL,         -- the lock name that took it last
 ///     token       bigint NOT NULL CHECK (token > 0),  -- last fencing token
 ///     state       text NOT NULL CHECK (state IN ('held', 'released')),
 ///     backend_pid integer,               -- the holder's server process
@@ -232,18 +244,81 @@ impl fmt::Debug for PostgresConfig {
 ///     command     text[],
 ///     acquired_at timestamptz,
 ///     stop_within_ms bigint,             -- the holder's heartbeat deadline + kill grace
+///     owed_ms     bigint,                -- what its successor owes (see Lock-delay)
+///     stopped_token bigint,              -- the last token `stop` asked to stop, or ended
 ///     updated_at  timestamptz NOT NULL DEFAULT now()
-/// )
+/// );
+/// COMMENT ON TABLE public.onlyone_locks IS 'onlyone state table';
 /// ```
 ///
+/// and guarded by two triggers calling `public.onlyone_state_guard()`:
+/// `onlyone_guard_rows` (BEFORE UPDATE OR DELETE, per row) and
+/// `onlyone_guard_truncate` (BEFORE TRUNCATE). They refuse (SQLSTATE
+/// 23001) every `DELETE` and `TRUNCATE`, a row's key changed or its token
+/// moved back, and any other change to a row from a session that does not
+/// hold the row's advisory key, but `stop`'s mark. Without its row, or
+/// with a row marked `released` by someone else, the next holder would
+/// start at once beside a command that may still run. A function of the
+/// guard's name is used only if it is the one onlyone creates (its body,
+/// plpgsql, SECURITY INVOKER, `search_path` pinned) and is owned by the
+/// table's owner or a superuser: one planted by another role that may
+/// create in the schema would run as every holder, and is refused
+/// (unsafe), never replaced. The holder also
+/// checks its row at every heartbeat and writes it back if it was changed
+/// past the triggers; when it cannot (a dropped table), it reports the
+/// lock lost but keeps it until the guard is dropped, once its command
+/// has stopped. The server cuts that check off after half a heartbeat
+/// interval (a lock on the table): it is then skipped for that beat, not
+/// a loss.
+///
 /// While holding the advisory lock, a new holder runs one autocommitted
-/// `INSERT … ON CONFLICT (name) DO UPDATE SET token = token + 1, state =
+/// `INSERT … ON CONFLICT (key) DO UPDATE SET token = token + 1, state =
 /// 'held', …`, which gives it the fencing token (strictly increasing per
-/// name, across holders and restarts, as long as the row is kept) and
+/// key, across holders and restarts, as long as the row is kept) and
 /// tells it whether the previous state was still `held` (an unclean
 /// loss). A clean release sets `state = 'released'`, then unlocks, then
 /// closes the session. Without the privilege to create the table, the
 /// error message carries the statement to have a privileged role run.
+///
+/// The comment marks the table: before recording, a holder looks for the
+/// other marked tables of the database, and refuses (unsafe) when one of
+/// them has a row for its key, or cannot be read. A table of the older
+/// shape (one row per lock name) is migrated on first use, in one
+/// transaction; two rows for one key are refused, and a role that may not
+/// alter the table gets the statements to have its owner run. A migration
+/// waits for its lock on the table at most 2 s (or the timeout), then
+/// fails naming the sessions that hold the table.
+///
+/// # Stopping a holder
+///
+/// [`Backend::stop_holder`] first asks the holder (the handoff): the state
+/// row must name it (`state = 'held'` and the `backend_pid` of the session
+/// that `pg_locks` shows holding the key, checked again in the statement),
+/// which then marks the holder's token in `stopped_token` and announces
+/// `TOKEN HOST:PID` with `pg_notify` on the channel `onlyone_stop_KEY`.
+/// The holder's session listens there and its heartbeat reads the mark
+/// too; the holder reports the request on its
+/// [`LossWatch`](crate::LossWatch) ([`LossWatch::stop_requested`](crate::LossWatch::stop_requested)),
+/// its supervisor stops the command and the guard releases cleanly, so the
+/// next holder needs no lock-delay. [`Stop::Requested`] is returned.
+/// With SIGKILL as the signal (what `stop` and `--replace` send to a
+/// holder that did not answer in time), the holder's session is ended
+/// instead, under the same checks; any other holder of the key (another
+/// program, a psql session) is refused, and left alone. The same statement
+/// marks the holder's token in `stopped_token`: a starter ended during its
+/// lock-delay finds it when it comes back and gives up with a lost-lock
+/// error ("stopped by `onlyone stop` or a replacing start before its command
+/// started") instead of starting over.
+///
+/// # Semaphores
+///
+/// The slots `NAME@1` … `NAME@N` of [`Lock::max`](crate::Lock::max) are N
+/// advisory locks, tried on one session. When all are held, waiters queue
+/// in the server, one session each, on the key of `NAME@queue` (derived
+/// as a lock name's; `@` never appears in a lock name). The waiter at the
+/// head of that queue waits on every slot at once, one session per slot,
+/// takes the first granted and cancels the other waits: W waiters hold
+/// W + N sessions, opened once. An explicit key cannot serve slots.
 pub struct PostgresBackend {
     config: PostgresConfig,
     target: Target,
@@ -256,25 +331,35 @@ impl PostgresBackend {
     ///
     /// # Errors
     ///
-    /// A usage error for a malformed URL (or one that requires TLS), an
-    /// invalid table name or a zero heartbeat. The message shows the URL
+    /// A usage error for a malformed URL (an unknown option, a bad
+    /// `sslmode`, a service that no service file defines), an invalid
+    /// table name, a zero heartbeat, or a kill grace or lock-delay over
+    /// 100 years. The message shows the URL
     /// with its password redacted.
     pub fn new(config: PostgresConfig) -> Result<PostgresBackend> {
         let target = Target::parse(&config.url)?;
         let table = Table::parse(&config.table)?;
-        if config.heartbeat.is_zero() {
+        if config.timing.heartbeat.is_zero() {
             return Err(Error::usage(
                 "the heartbeat interval must be more than zero",
             ));
         }
-        let floor = config
-            .heartbeat_deadline()
-            .saturating_add(config.kill_grace);
-        if let Some(delay) = config.lock_delay
+        if config.timing.heartbeat > MAX_HEARTBEAT {
+            return Err(Error::usage(format!(
+                "the heartbeat interval of {} is too long: at most {} (the server ends a lock session idle for 2 × heartbeat + 3 s, which must fit in its idle_session_timeout)",
+                humantime::format_duration(config.timing.heartbeat),
+                humantime::format_duration(MAX_HEARTBEAT)
+            )));
+        }
+        config.timing.check()?;
+        let floor = config.timing.stop_within();
+        if let Some(delay) = config.timing.lock_delay
             && delay <= floor
         {
-            log::warn!(
-                "the lock-delay of {} is not more than the heartbeat deadline + kill grace ({}): after an unclean loss, a new holder may start before the old one's command is stopped",
+            // Harmless since each holder records its own bound, which its
+            // successors wait whatever their own delay.
+            log::debug!(
+                "the lock-delay of {} is not more than this holder's heartbeat deadline + kill grace ({}); its successors wait the recorded bound",
                 humantime::format_duration(delay),
                 humantime::format_duration(floor)
             );
@@ -290,10 +375,7 @@ impl PostgresBackend {
     /// UTF-8 string `onlyone/v1/<name>`, read as a big-endian `i64`. For
     /// example `demo` is `2573204625638217557`.
     pub fn key_for(name: &LockName) -> i64 {
-        let digest = Sha256::digest(format!("{KEY_PREFIX}{name}").as_bytes());
-        let mut first = [0; 8];
-        first.copy_from_slice(&digest[..8]);
-        i64::from_be_bytes(first)
+        derive_key(name.as_str())
     }
 
     /// The key this backend locks for `name`: the configured one, else
@@ -309,101 +391,36 @@ impl PostgresBackend {
         self.target.redacted_url.clone()
     }
 
-    /// The heartbeat deadline T (see [`PostgresConfig::heartbeat_deadline`]).
+    /// The heartbeat deadline T (see [`Timing::heartbeat_deadline`]).
     pub fn heartbeat_deadline(&self) -> Duration {
-        self.config.heartbeat_deadline()
+        self.config.timing.heartbeat_deadline()
     }
 
-    /// The lock-delay in effect (see
-    /// [`PostgresConfig::effective_lock_delay`]).
+    /// The lock-delay in effect (see [`Timing::lock_delay`]).
     pub fn lock_delay(&self) -> Duration {
-        self.config.effective_lock_delay()
+        self.config.timing.lock_delay()
     }
 
     /// How long this holder may take to stop its command once it has lost
     /// the lock: heartbeat deadline + kill grace. Recorded for the next
     /// holder's lock-delay.
     fn stop_within(&self) -> Duration {
-        self.heartbeat_deadline()
-            .saturating_add(self.config.kill_grace)
+        self.config.timing.stop_within()
+    }
+
+    /// Slots need a key each: one explicit key cannot serve them.
+    fn refuse_explicit_key_for_slots(&self) -> Result<()> {
+        match self.config.key {
+            Some(_) => Err(Error::usage(
+                "an explicit advisory key names one lock; it cannot be shared by the slots of a semaphore",
+            )),
+            None => Ok(()),
+        }
     }
 
     /// `postgres://host:port/db key K (classid C, objid O)`.
     fn location(&self, key: i64) -> String {
-        let (classid, objid) = key_parts(key);
-        format!(
-            "{} key {key} (classid {classid}, objid {objid})",
-            self.target.location
-        )
-    }
-
-    /// Takes the lock as `wait` says. A waiter whose session ends before it
-    /// holds the lock (terminated, or the connection broke) held nothing,
-    /// so it waits on with a new session; a holder never reconnects.
-    fn attempt(&self, name: &LockName, command: &[String], wait: Wait) -> Result<Attempt> {
-        loop {
-            let err = match self.attempt_once(name, command, wait) {
-                Err(err) if err.ended_session() => err,
-                done => return done,
-            };
-            let Wait::Until(deadline) = wait else {
-                return Err(err);
-            };
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if left == Some(Duration::ZERO) {
-                return Err(err);
-            }
-            log::warn!("{err}; the lock was not held yet: waiting on with a new session");
-            std::thread::sleep(left.unwrap_or(RECONNECT_PAUSE).min(RECONNECT_PAUSE));
-        }
-    }
-
-    fn attempt_once(&self, name: &LockName, command: &[String], wait: Wait) -> Result<Attempt> {
-        let key = self.key(name);
-        let mut session = Session::open(&self.target, &application_name(name.as_str()))?;
-        self.table.ensure(&mut session)?;
-        if !session.lock(key, wait)? {
-            let holder = self.holder(&mut session, name, key);
-            session.close();
-            return Ok(Attempt::Held(holder?));
-        }
-        let mut record = Record::for_current_process(command, 0);
-        let acquisition =
-            self.table
-                .record_acquisition(&mut session, name, key, &record, self.stop_within())?;
-        record.token = acquisition.token;
-        let keep = Keep {
-            name: name.clone(),
-            key,
-            token: acquisition.token,
-            table: self.table.clone(),
-            interval: self.config.heartbeat,
-            deadline: self.heartbeat_deadline(),
-        };
-        let mut held = PostgresHeld::start(session, keep, record)?;
-        if acquisition.previous_was_held {
-            // The previous holder's own deadline and grace are what bound
-            // how long its command may still run: wait out the longer.
-            let delay = acquisition
-                .previous_stop_within
-                .map_or(Duration::ZERO, |stop| {
-                    stop.saturating_add(LOCK_DELAY_MARGIN)
-                })
-                .max(self.lock_delay());
-            log::warn!(
-                "lock {name}: the previous holder did not release it cleanly (it crashed, was killed, or lost its database session); waiting the lock-delay of {} so that its command has time to stop",
-                humantime::format_duration(delay)
-            );
-            held = held.wait_lock_delay(delay)?;
-        }
-        Ok(Attempt::Acquired(Guard::new(Box::new(held))))
-    }
-
-    /// Who holds `name`, as seen right after failing to take it.
-    fn holder(&self, session: &mut Session, name: &LockName, key: i64) -> Result<Holder> {
-        let row = self.table.row(session, name.as_str())?;
-        let view = ServerView::read(session, key)?;
-        Ok(view.holder(row.as_ref()))
+        key_location(&self.target.location, key)
     }
 
     fn status_of(
@@ -415,6 +432,13 @@ impl PostgresBackend {
     ) -> Result<Status> {
         let view = ServerView::read(session, key)?;
         let held = view.holder.is_some();
+        let stop_requested = row.as_ref().and_then(|row| {
+            let named = view
+                .holder
+                .as_ref()
+                .is_some_and(|server| row.names_holder(server.pid));
+            row.stop_pending().filter(|_| named)
+        });
         Ok(Status {
             name,
             location: self.location(key),
@@ -422,6 +446,7 @@ impl PostgresBackend {
             holder: held.then(|| view.holder(row.as_ref())),
             last_token: row.map(|row| row.token),
             waiters: view.waiter_lines(),
+            stop_requested,
         })
     }
 }
@@ -437,27 +462,73 @@ impl fmt::Debug for PostgresBackend {
 }
 
 impl Backend for PostgresBackend {
-    fn try_acquire(&self, name: &LockName, command: &[String]) -> Result<Attempt> {
-        self.attempt(name, command, Wait::No)
+    fn acquire(&self, name: &LockName, command: &[String], wait: Wait) -> Result<Attempt> {
+        let until = match wait {
+            Wait::No => None,
+            Wait::Until(until) => until,
+        };
+        self.retrying(wait, |lost| {
+            self.attempt_once(name, command, wait, until, lost)
+        })
     }
 
-    fn acquire(
+    fn try_acquire_within(
         &self,
         name: &LockName,
         command: &[String],
-        timeout: Option<Duration>,
+        bound: Duration,
     ) -> Result<Attempt> {
-        // A timeout too far away to represent is no timeout.
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        self.attempt(name, command, Wait::Until(deadline))
+        let until = Instant::now().checked_add(bound);
+        self.retrying(Wait::No, |lost| {
+            self.attempt_once(name, command, Wait::No, until, lost)
+        })
+    }
+
+    /// The slots of a semaphore: tried on one session; when all are held,
+    /// waited for in the server's lock queues (see `pool.rs`), never by
+    /// polling. [`Wait::No`], or a deadline that has passed, tries once
+    /// (and then waits out a lock-delay in full, as
+    /// [`Backend::try_acquire`] does).
+    fn acquire_any(&self, names: &[LockName], command: &[String], wait: Wait) -> Result<Attempt> {
+        self.refuse_explicit_key_for_slots()?;
+        let until = match wait {
+            Wait::Until(until) if wait.left() != Some(Duration::ZERO) => until,
+            _ => {
+                return self.retrying(Wait::No, |lost| {
+                    self.attempt_any_once(names, command, Wait::No, None, lost)
+                });
+            }
+        };
+        self.retrying(wait, |lost| {
+            self.attempt_any_once(names, command, wait, until, lost)
+        })
+    }
+
+    fn try_acquire_any_within(
+        &self,
+        names: &[LockName],
+        command: &[String],
+        bound: Duration,
+    ) -> Result<Attempt> {
+        self.refuse_explicit_key_for_slots()?;
+        let until = Instant::now().checked_add(bound);
+        self.retrying(Wait::No, |lost| {
+            self.attempt_any_once(names, command, Wait::No, until, lost)
+        })
+    }
+
+    /// Each acquisition looks on its own session (see `acquire.rs`).
+    fn refuses_pool_and_plain_mix(&self) -> bool {
+        true
     }
 
     fn status(&self, name: &LockName) -> Result<Status> {
         let mut session = Session::open(&self.target, &application_name("status"))?;
+        let key = self.key(name);
         let status = self
             .table
-            .row(&mut session, name.as_str())
-            .and_then(|row| self.status_of(&mut session, name.to_string(), self.key(name), row));
+            .row(&mut session, key)
+            .and_then(|row| self.status_of(&mut session, name.to_string(), key, row));
         session.close();
         status
     }
@@ -476,14 +547,31 @@ impl Backend for PostgresBackend {
         list
     }
 
-    /// Ends the holder's database session (`pg_terminate_backend`): its
-    /// heartbeat then reports the loss, and its own supervisor stops its
-    /// command (SIGTERM, kill grace, SIGKILL) wherever it runs. `signal`
-    /// cannot be sent across machines and is not used.
-    fn stop_holder(&self, name: &LockName, _signal: i32) -> Result<bool> {
-        let key = self.key(name);
+    /// Asks the holder to stop, through the database: its token is marked
+    /// in the state row and the request announced on the key's channel
+    /// (`NOTIFY`), which the holder's heartbeat listens to (and the row,
+    /// read at every heartbeat, is the fallback). Its own supervisor,
+    /// wherever it runs, then stops its command (SIGTERM, kill grace,
+    /// SIGKILL) and releases the lock cleanly: no lock-delay for the next
+    /// holder. With SIGKILL as `signal`, the holder's database session is
+    /// ended instead (`pg_terminate_backend`): its heartbeat reports the
+    /// loss, its supervisor stops its command, and the next holder waits
+    /// the lock-delay. Only a session that the state row names as the
+    /// holder is asked or ended; any other holder of the key is refused.
+    /// No other signal crosses machines; any but SIGKILL asks.
+    fn stop_holder(
+        &self,
+        name: &LockName,
+        signal: i32,
+        expected: Option<&HolderId>,
+    ) -> Result<Stop> {
+        let way = if signal == libc::SIGKILL {
+            stop::Way::End
+        } else {
+            stop::Way::Ask
+        };
         let mut session = Session::open(&self.target, &application_name("stop"))?;
-        let stopped = terminate_holder(&mut session, key);
+        let stopped = self.stop_holder_by(&mut session, name, expected, way);
         session.close();
         stopped
     }
@@ -494,9 +582,9 @@ impl Backend for PostgresBackend {
     fn wait_free(&self, name: &LockName, timeout: Option<Duration>) -> Result<bool> {
         let key = self.key(name);
         let mut session = Session::open(&self.target, &application_name("wait"))?;
-        let interval = self.config.heartbeat;
+        let interval = self.config.timing.heartbeat;
         let free = rounds(
-            timeout,
+            Wait::at_most(timeout),
             || (),
             |_, left| std::thread::sleep(left.min(interval)),
             || {
@@ -511,26 +599,23 @@ impl Backend for PostgresBackend {
     }
 }
 
-/// Ends the session that holds `key`; false when none does.
-fn terminate_holder(session: &mut Session, key: i64) -> Result<bool> {
-    let Some(holder) = ServerView::read(session, key)?.holder else {
-        return Ok(false);
-    };
-    let row = session
-        .query_one("SELECT pg_terminate_backend($1)", &[&holder.pid])
-        .map_err(|failure| session.error("ending the holder's session", failure))?;
-    if row.get::<_, bool>(0) {
-        Ok(true)
-    } else {
-        Err(Error::unavailable(format!(
-            "the PostgreSQL server did not end the holder's session (backend pid {})",
-            holder.pid
-        )))
-    }
+/// The first 8 bytes of SHA-256 over `onlyone/v1/<text>`, big-endian.
+fn derive_key(text: &str) -> i64 {
+    let digest = Sha256::digest(format!("{KEY_PREFIX}{text}").as_bytes());
+    let mut first = [0; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
 }
 
 /// `(classid, objid)` of a bigint advisory key as `pg_locks` shows them:
 /// the high and the low 32 bits, both unsigned.
+/// Where the advisory lock `key` of the database at `server` lives:
+/// `postgres://host:port/db key K (classid C, objid O)`.
+fn key_location(server: &str, key: i64) -> String {
+    let (classid, objid) = key_parts(key);
+    format!("{server} key {key} (classid {classid}, objid {objid})")
+}
+
 fn key_parts(key: i64) -> (u32, u32) {
     let bits = key as u64;
     ((bits >> 32) as u32, bits as u32)
@@ -572,14 +657,6 @@ mod tests {
     }
 
     #[test]
-    fn default_lock_delay_exceeds_deadline_plus_grace() {
-        let config = PostgresConfig::new("postgres://db1/app");
-        assert_eq!(config.heartbeat_deadline(), Duration::from_secs(3));
-        assert_eq!(config.effective_lock_delay(), Duration::from_secs(10));
-        assert!(config.effective_lock_delay() > config.heartbeat_deadline() + config.kill_grace);
-    }
-
-    #[test]
     fn validates_the_configuration() {
         let bad_table = PostgresConfig {
             table: "Robert'); DROP TABLE students;--".into(),
@@ -591,11 +668,21 @@ mod tests {
             ..PostgresConfig::new("postgres://db1/app")
         };
         assert!(PostgresBackend::new(qualified).is_ok());
-        let zero = PostgresConfig {
-            heartbeat: Duration::ZERO,
-            ..PostgresConfig::new("postgres://db1/app")
-        };
+        let mut zero = PostgresConfig::new("postgres://db1/app");
+        zero.timing.heartbeat = Duration::ZERO;
         assert!(PostgresBackend::new(zero).unwrap_err().is_usage());
+        // Its idle limit would not fit the server's setting (and a deadline
+        // past Instant's range would panic).
+        for huge in [MAX_HEARTBEAT + Duration::from_millis(1), Duration::MAX] {
+            let mut huge_config = PostgresConfig::new("postgres://db1/app");
+            huge_config.timing.heartbeat = huge;
+            let huge = huge_config;
+            assert!(PostgresBackend::new(huge).unwrap_err().is_usage());
+        }
+        let mut longest = PostgresConfig::new("postgres://db1/app");
+        longest.timing.heartbeat = MAX_HEARTBEAT;
+        let limit = PostgresBackend::new(longest).unwrap().idle_limit();
+        assert!(limit.as_millis() <= i32::MAX as u128, "{limit:?}");
     }
 
     #[test]

@@ -10,20 +10,28 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::ClientConfig;
+
 use tokio::runtime::Runtime;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{AsyncMessage, Client, Row, SimpleQueryMessage, Statement};
 
+use super::connect::{
+    self, Connected, KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, TCP_USER_TIMEOUT,
+};
 use super::conninfo::Target;
+use super::failure::Failure;
+use super::failure::describe;
 use super::key_parts;
+use super::tls::Connector;
+use crate::backend::Wait;
 use crate::error::{Error, Result};
-
-/// How long connecting (TCP, startup and authentication) may take.
-pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long any other statement may take to be answered, beyond the time
 /// it is meant to wait for the lock.
@@ -33,85 +41,11 @@ pub(super) const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
 /// socket goes.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(1);
 
-/// TCP keepalive, on both ends: the first probe after this much silence…
-pub(super) const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
-/// …then one probe every this often…
-pub(super) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
-/// …and the peer is dead after this many unanswered probes.
-pub(super) const KEEPALIVE_COUNT: u32 = 3;
-/// Data left unacknowledged this long also means the peer is dead.
-pub(super) const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long sending a cancel request may take.
+const CANCEL_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Why a session whose backend pid changes cannot hold a lock.
-const POOLER_MESSAGE: &str = "the connection goes through a transaction-mode pooler (such as PgBouncer), where a session lock is taken and released on different server sessions; connect onlyone to the server directly";
-
-/// How long to wait for the lock.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Wait {
-    /// Try once.
-    No,
-    /// Wait in the server's lock queue until the deadline, or without
-    /// limit.
-    Until(Option<Instant>),
-}
-
-/// Why a statement failed.
-#[derive(Debug)]
-pub(super) enum Failure {
-    /// The server or the driver reported an error.
-    Server(tokio_postgres::Error),
-    /// No answer within this deadline.
-    Silent(Duration),
-}
-
-impl Failure {
-    /// The SQLSTATE, when the server sent one.
-    pub fn code(&self) -> Option<&SqlState> {
-        match self {
-            Failure::Server(err) => err.code(),
-            Failure::Silent(_) => None,
-        }
-    }
-
-    /// Whether the session is gone: the server ended it (a terminated
-    /// backend, a shutdown, an idle timeout), the connection broke, or no
-    /// answer came.
-    pub fn ends_session(&self) -> bool {
-        match self {
-            Failure::Server(err) => {
-                err.is_closed()
-                    || err.as_db_error().is_none()
-                    || [
-                        SqlState::ADMIN_SHUTDOWN,
-                        SqlState::CRASH_SHUTDOWN,
-                        SqlState::IDLE_SESSION_TIMEOUT,
-                    ]
-                    .iter()
-                    .any(|code| err.code() == Some(code))
-            }
-            Failure::Silent(_) => true,
-        }
-    }
-
-    /// The error as one line.
-    pub fn describe(&self) -> String {
-        match self {
-            Failure::Server(err) => describe(err),
-            Failure::Silent(deadline) => format!(
-                "no answer within {} (is the network or the server down?)",
-                humantime::format_duration(*deadline)
-            ),
-        }
-    }
-
-    /// Adds the driver's error, if any, as the source of `error`.
-    pub fn attach_to(self, error: Error) -> Error {
-        match self {
-            Failure::Server(err) => error.with_source(err),
-            Failure::Silent(_) => error,
-        }
-    }
-}
+pub(super) const POOLER_MESSAGE: &str = "the connection goes through a transaction-mode pooler (such as PgBouncer), where a session lock is taken and released on different server sessions; connect onlyone to the server directly";
 
 /// A connected session, used by one holder (or one status query) only.
 pub(super) struct Session {
@@ -120,6 +54,28 @@ pub(super) struct Session {
     connection: JoinHandle<()>,
     backend_pid: i32,
     location: String,
+    /// How the connection was encrypted, for cancel requests.
+    tls_config: Option<Arc<ClientConfig>>,
+    /// The idle limit last set by [`Session::expire_when_idle`]: setting
+    /// the same one again is skipped.
+    idle_limit: Option<Duration>,
+    /// The payloads of notifications on the channels this session listens
+    /// to, as they arrive while the runtime runs.
+    notifications: UnboundedReceiver<String>,
+    /// The error that ended the connection between statements (the
+    /// server's reason for ending the session arrives while no statement
+    /// waits for it), for the next statement's failure to tell.
+    ended: Arc<std::sync::Mutex<Option<tokio_postgres::Error>>>,
+}
+
+/// What woke [`Session::wait_until`].
+pub(super) enum Woken<T> {
+    /// A message on the channel it watched (`None`: every sender is gone).
+    Message(Option<T>),
+    /// A notification on a channel the session listens to, with its payload.
+    Notified(String),
+    /// The time came.
+    Due,
 }
 
 impl fmt::Debug for Session {
@@ -135,42 +91,42 @@ impl Session {
     /// Connects a fresh session named `application_name`, makes the DBA's
     /// timeouts unable to end it, and refuses a standby.
     pub fn open(target: &Target, application_name: &str) -> Result<Session> {
-        let location = target.location.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|err| {
                 Error::unavailable("cannot start the PostgreSQL driver's runtime").with_source(err)
             })?;
-        let mut config = target.config.clone();
-        config
-            .application_name(application_name)
-            .keepalives(true)
-            .keepalives_idle(KEEPALIVE_IDLE)
-            .keepalives_interval(KEEPALIVE_INTERVAL)
-            .keepalives_retries(KEEPALIVE_COUNT)
-            .tcp_user_timeout(TCP_USER_TIMEOUT);
-        let connect_timeout = config
-            .get_connect_timeout()
-            .copied()
-            .unwrap_or(CONNECT_TIMEOUT);
-        config.connect_timeout(connect_timeout);
-        // The timer must be made inside the runtime.
-        let connected = runtime
-            .block_on(async { tokio::time::timeout(connect_timeout, config.connect(NoTls)).await });
-        let (client, connection) = match connected {
-            Ok(Ok(connected)) => connected,
-            Ok(Err(err)) => return Err(connect_error(&err, &location).with_source(err)),
-            Err(_) => {
-                return Err(Error::unavailable(format!(
-                    "cannot connect to PostgreSQL at {location}: {}",
-                    Failure::Silent(connect_timeout).describe()
-                )));
-            }
-        };
+        let Connected {
+            client,
+            connection,
+            location,
+            tls_config,
+        } = connect::connect(&runtime, target, application_name)?;
+        let (notify, notifications) = tokio::sync::mpsc::unbounded_channel();
+        let ended = Arc::new(std::sync::Mutex::new(None));
+        let ending = ended.clone();
         let connection = runtime.spawn(async move {
-            if let Err(err) = connection.await {
-                log::debug!("the PostgreSQL connection ended: {}", describe(&err));
+            let mut connection = connection;
+            // As the driver's own loop does, but notifications are kept.
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(notification))) => {
+                        let _ = notify.send(notification.payload().to_owned());
+                    }
+                    Some(Ok(AsyncMessage::Notice(notice))) => {
+                        log::info!("{}: {}", notice.severity(), notice.message());
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(err)) => {
+                        log::debug!("the PostgreSQL connection ended: {}", describe(&err));
+                        if let Ok(mut slot) = ending.lock() {
+                            *slot = Some(err);
+                        }
+                        break;
+                    }
+                    None => break,
+                }
             }
         });
         let mut session = Session {
@@ -179,30 +135,57 @@ impl Session {
             connection,
             backend_pid: 0,
             location,
+            tls_config,
+            idle_limit: None,
+            notifications,
+            ended,
         };
         session.configure()?;
         Ok(session)
     }
 
-    /// The server-side settings of a lock session, and the standby check.
+    /// The server-side settings of a lock session, and the standby check:
+    /// one round trip on a server that knows every setting (PostgreSQL 14
+    /// and later), else one statement at a time.
     fn configure(&mut self) -> Result<()> {
+        let all = format!(
+            "{}; {}; SET idle_session_timeout = 0; SET tcp_user_timeout = {}; {CHECK_SERVER}",
+            BASE_SETTINGS,
+            keepalive_settings(),
+            TCP_USER_TIMEOUT.as_millis()
+        );
+        let row = match self.call(Some(ANSWER_DEADLINE), self.client.simple_query(&all)) {
+            Ok(messages) => first_row(&messages).unwrap_or_default(),
+            // An older server: the batch stopped at the first setting it
+            // does not know, and none of it took effect.
+            Err(failure) if failure.code() == Some(&SqlState::UNDEFINED_OBJECT) => {
+                return self.configure_one_by_one();
+            }
+            Err(failure) => return Err(self.error("configuring the session", failure)),
+        };
+        let pid = row
+            .first()
+            .cloned()
+            .flatten()
+            .and_then(|pid| pid.parse().ok());
+        let standby = row.get(1).cloned().flatten();
+        self.check_server(pid, standby.as_deref() == Some("t"))
+    }
+
+    /// [`Session::configure`] on a server too old to know every setting.
+    fn configure_one_by_one(&mut self) -> Result<()> {
         // The DBA's timeouts must not end a session that holds a lock; a
         // wait is bounded by lock_timeout, set per wait.
-        self.batch(
-            "SET statement_timeout = 0; \
-             SET idle_in_transaction_session_timeout = 0; \
-             SET lock_timeout = 0",
-        )
-        .map_err(|failure| self.error("configuring the session", failure))?;
+        // Names in onlyone's statements (pg_locks, pg_advisory_lock, now)
+        // are the system's: never a table or function of the same name in
+        // a schema of the role's search_path, temporary ones included. The
+        // state table is always named with its schema.
+        self.batch(BASE_SETTINGS)
+            .map_err(|failure| self.error("configuring the session", failure))?;
         // The server drops a silently dead client (and its lock) after
         // KEEPALIVE_IDLE + KEEPALIVE_COUNT × KEEPALIVE_INTERVAL.
-        self.batch(&format!(
-            "SET tcp_keepalives_idle = {}; SET tcp_keepalives_interval = {}; SET tcp_keepalives_count = {}",
-            KEEPALIVE_IDLE.as_secs(),
-            KEEPALIVE_INTERVAL.as_secs(),
-            KEEPALIVE_COUNT
-        ))
-        .map_err(|failure| self.error("configuring the session", failure))?;
+        self.batch(&keepalive_settings())
+            .map_err(|failure| self.error("configuring the session", failure))?;
         // Newer settings (PostgreSQL 14 and 12): harmless to miss on an
         // older server, which cannot end an idle session anyway.
         self.set_if_known("idle_session_timeout", "0")?;
@@ -211,10 +194,22 @@ impl Session {
             &TCP_USER_TIMEOUT.as_millis().to_string(),
         )?;
         let row = self
-            .query_one("SELECT pg_backend_pid(), pg_is_in_recovery()", &[])
+            .query_one(CHECK_SERVER, &[])
             .map_err(|failure| self.error("checking the server", failure))?;
-        self.backend_pid = row.get(0);
-        if row.get::<_, bool>(1) {
+        self.check_server(Some(row.get(0)), row.get::<_, bool>(1))
+    }
+
+    /// Keeps the server process's pid (`None`: the server did not say)
+    /// and refuses a standby.
+    fn check_server(&mut self, pid: Option<i32>, standby: bool) -> Result<()> {
+        let Some(pid) = pid else {
+            return Err(Error::unavailable(format!(
+                "PostgreSQL at {} did not say which server process answers",
+                self.location
+            )));
+        };
+        self.backend_pid = pid;
+        if standby {
             return Err(Error::unsafe_(format!(
                 "refusing the PostgreSQL server at {}: it is a standby (in recovery), and advisory locks are not replicated, so a lock taken there excludes nobody; connect to the primary",
                 self.location
@@ -235,6 +230,31 @@ impl Session {
         }
     }
 
+    /// Has the server end this session once it has sat idle for `limit`
+    /// (unless the server is too old to know `idle_session_timeout`), in a
+    /// transaction or not: a lock this session holds, or is granted while
+    /// its process is stopped (even in the middle of the transaction that
+    /// records its token), is then freed. One round trip, none when the
+    /// limit is already set.
+    pub fn expire_when_idle(&mut self, limit: Duration) -> Result<()> {
+        if self.idle_limit == Some(limit) {
+            return Ok(());
+        }
+        let millis = limit.as_millis().to_string();
+        match self.batch(&format!(
+            "SET idle_session_timeout = {millis}; SET idle_in_transaction_session_timeout = {millis}"
+        )) {
+            Ok(()) => {}
+            Err(failure) if failure.code() == Some(&SqlState::UNDEFINED_OBJECT) => {
+                self.set_if_known("idle_session_timeout", &millis)?;
+                self.set_if_known("idle_in_transaction_session_timeout", &millis)?;
+            }
+            Err(failure) => return Err(self.error("configuring the session", failure)),
+        }
+        self.idle_limit = Some(limit);
+        Ok(())
+    }
+
     /// Runs `request` with a deadline (`None`: without one).
     fn call<T>(
         &self,
@@ -242,15 +262,59 @@ impl Session {
         request: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
     ) -> std::result::Result<T, Failure> {
         match deadline {
-            None => self.runtime.block_on(request).map_err(Failure::Server),
+            None => self
+                .runtime
+                .block_on(request)
+                .map_err(|err| self.failure(err)),
             Some(deadline) => match self
                 .runtime
                 .block_on(async { tokio::time::timeout(deadline, request).await })
             {
-                Ok(answer) => answer.map_err(Failure::Server),
+                Ok(answer) => answer.map_err(|err| self.failure(err)),
                 Err(_) => Err(Failure::Silent(deadline)),
             },
         }
+    }
+
+    /// A statement's error; for a connection that was closed, the error
+    /// that closed it, when the connection read one between statements.
+    fn failure(&self, err: tokio_postgres::Error) -> Failure {
+        if err.is_closed()
+            && let Some(ended) = self.ended.lock().ok().and_then(|mut slot| slot.take())
+        {
+            return Failure::Server(ended);
+        }
+        Failure::Server(err)
+    }
+
+    /// Waits until `until` for a message on `messages` or a notification
+    /// on a channel this session listens to, whichever comes first; the
+    /// connection is served meanwhile (notifications are read only then).
+    pub fn wait_until<T>(
+        &mut self,
+        until: Instant,
+        messages: &mut UnboundedReceiver<T>,
+    ) -> Woken<T> {
+        use std::task::Poll;
+        let notifications = &mut self.notifications;
+        self.runtime.block_on(async {
+            let mut due = std::pin::pin!(tokio::time::sleep_until(until.into()));
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(message) = messages.poll_recv(cx) {
+                    return Poll::Ready(Woken::Message(message));
+                }
+                // A closed channel (the connection ended) is left to the
+                // next statement to find out.
+                if let Poll::Ready(Some(payload)) = notifications.poll_recv(cx) {
+                    return Poll::Ready(Woken::Notified(payload));
+                }
+                if due.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woken::Due);
+                }
+                Poll::Pending
+            })
+            .await
+        })
     }
 
     /// Statements without parameters, in one round trip.
@@ -276,14 +340,83 @@ impl Session {
         self.call(Some(ANSWER_DEADLINE), self.client.query_one(sql, params))
     }
 
-    /// A statement's row count, answered within `deadline`.
-    pub fn execute_within(
+    /// A query's rows, in one round trip: the parameters' types are given,
+    /// so nothing is prepared first.
+    pub fn query_typed(
+        &self,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> std::result::Result<Vec<Row>, Failure> {
+        self.call(Some(ANSWER_DEADLINE), self.client.query_typed(sql, params))
+    }
+
+    /// [`Session::query_typed`], answered within `deadline`.
+    pub fn query_typed_within(
         &self,
         deadline: Duration,
         sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> std::result::Result<Vec<Row>, Failure> {
+        self.call(Some(deadline), self.client.query_typed(sql, params))
+    }
+
+    /// A query's rows, however long the server takes: for a statement
+    /// that waits in a lock queue as long as the lock's holders please.
+    pub fn query_waiting(
+        &self,
+        sql: &str,
         params: &[&(dyn ToSql + Sync)],
-    ) -> std::result::Result<u64, Failure> {
-        self.call(Some(deadline), self.client.execute(sql, params))
+    ) -> std::result::Result<Vec<Row>, Failure> {
+        self.call(None, self.client.query(sql, params))
+    }
+
+    /// `statements` (with their values written in) sent as one simple
+    /// query, in one round trip: the first row of text they return.
+    pub fn simple_query_row(
+        &self,
+        statements: &str,
+    ) -> std::result::Result<Option<Vec<Option<String>>>, Failure> {
+        let messages = self.call(Some(ANSWER_DEADLINE), self.client.simple_query(statements))?;
+        Ok(first_row(&messages))
+    }
+
+    /// `statements` (with their values written in) sent as one simple
+    /// query: one round trip and one implicit transaction, in which the
+    /// server cuts off any wait for a lock and any statement after
+    /// `budget`. The first row of text the statements return, answered
+    /// within `deadline`.
+    pub fn query_briefly(
+        &self,
+        deadline: Duration,
+        budget: Duration,
+        statements: &str,
+    ) -> std::result::Result<Option<Vec<Option<String>>>, Failure> {
+        let sql = format!("{}; {statements}", cut_off_after(budget));
+        let messages = self.call(Some(deadline), self.client.simple_query(&sql))?;
+        Ok(first_row(&messages))
+    }
+
+    /// A query's rows, in a transaction of its own in which the server
+    /// cuts off any wait for a lock and the query itself after `budget`,
+    /// answered within `deadline`.
+    pub fn query_bounded(
+        &self,
+        deadline: Duration,
+        budget: Duration,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Vec<Row>, Failure> {
+        let begin = format!("BEGIN; {}", cut_off_after(budget));
+        self.call(Some(deadline), async {
+            self.client.batch_execute(&begin).await?;
+            match self.client.query(sql, params).await {
+                Ok(rows) => self.client.batch_execute("COMMIT").await.map(|()| rows),
+                Err(err) => {
+                    self.client.batch_execute("ROLLBACK").await?;
+                    Err(err)
+                }
+            }
+        })
     }
 
     /// `postgres://host:port/db`, for messages.
@@ -316,9 +449,18 @@ impl Session {
     }
 
     fn try_lock(&mut self, key: i64) -> Result<bool> {
-        let row = self
-            .query_one("SELECT pg_try_advisory_lock($1), pg_backend_pid()", &[&key])
+        let rows = self
+            .query_typed(
+                "SELECT pg_try_advisory_lock($1), pg_backend_pid()",
+                &[(&key, Type::INT8)],
+            )
             .map_err(|failure| self.error("taking the lock", failure))?;
+        let row = rows.first().ok_or_else(|| {
+            Error::unavailable(format!(
+                "PostgreSQL at {} answered no row while taking the lock",
+                self.location
+            ))
+        })?;
         self.check_same_backend(row.get(1))?;
         Ok(row.get(0))
     }
@@ -430,20 +572,29 @@ impl Session {
     /// the server means it was not held: logged).
     pub fn unlock(&self, key: i64, deadline: Instant) -> Result<()> {
         let left = deadline.saturating_duration_since(Instant::now());
-        let row = self
+        let rows = self
             .call(
                 Some(left),
                 self.client
-                    .query_one("SELECT pg_advisory_unlock($1)", &[&key]),
+                    .query_typed("SELECT pg_advisory_unlock($1)", &[(&key, Type::INT8)]),
             )
             .map_err(|failure| self.error("releasing the lock", failure))?;
-        if !row.get::<_, bool>(0) {
+        if !rows.first().is_some_and(|row| row.get::<_, bool>(0)) {
             log::warn!(
                 "PostgreSQL at {} says advisory lock {key} was not held by this session at release",
                 self.location
             );
         }
         Ok(())
+    }
+
+    /// A way to cancel, from another thread, the statement this session
+    /// runs (a wait for a lock).
+    pub fn canceller(&self) -> Canceller {
+        Canceller {
+            token: self.client.cancel_token(),
+            tls_config: self.tls_config.clone(),
+        }
     }
 
     /// Ends the session: the server then frees whatever it still holds.
@@ -492,34 +643,85 @@ impl Session {
     }
 }
 
-/// One line for a failed connection attempt, with what to do about it.
-fn connect_error(err: &tokio_postgres::Error, location: &str) -> Error {
-    let hint = match err.code() {
-        Some(&SqlState::TOO_MANY_CONNECTIONS) => {
-            " (max_connections is exhausted; every holder needs a connection of its own)"
-        }
-        Some(&SqlState::INVALID_PASSWORD) => " (wrong password?)",
-        _ => "",
-    };
-    Error::unavailable(format!(
-        "cannot connect to PostgreSQL at {location}: {}{hint}",
-        describe(err)
-    ))
+/// The settings every session starts with: the DBA's timeouts must not
+/// end a session that holds a lock (a wait is bounded by lock_timeout, set
+/// per wait), and names in onlyone's statements (pg_locks,
+/// pg_advisory_lock, now) are the system's, never a table or function of
+/// the same name in a schema of the role's search_path, temporary ones
+/// included (the state table is always named with its schema).
+const BASE_SETTINGS: &str = "SET search_path = pg_catalog, pg_temp; \
+     SET statement_timeout = 0; \
+     SET idle_in_transaction_session_timeout = 0; \
+     SET lock_timeout = 0";
+
+/// Which server process answers, and whether the server is a standby.
+const CHECK_SERVER: &str = "SELECT pg_backend_pid(), pg_is_in_recovery()";
+
+/// The server drops a silently dead client (and its lock) after
+/// KEEPALIVE_IDLE + KEEPALIVE_COUNT × KEEPALIVE_INTERVAL.
+fn keepalive_settings() -> String {
+    format!(
+        "SET tcp_keepalives_idle = {}; SET tcp_keepalives_interval = {}; SET tcp_keepalives_count = {}",
+        KEEPALIVE_IDLE.as_secs(),
+        KEEPALIVE_INTERVAL.as_secs(),
+        KEEPALIVE_COUNT
+    )
 }
 
-/// The driver's error as one line: the server's message, or the error and
-/// its causes (the driver's own `Display` leaves the causes out). Neither
-/// ever contains the password.
-pub(super) fn describe(err: &tokio_postgres::Error) -> String {
-    if let Some(db) = err.as_db_error() {
-        return db.message().to_owned();
+/// The first row of text that a simple query returned.
+fn first_row(messages: &[SimpleQueryMessage]) -> Option<Vec<Option<String>>> {
+    messages.iter().find_map(|message| match message {
+        SimpleQueryMessage::Row(row) => Some(
+            (0..row.len())
+                .map(|column| row.get(column).map(str::to_owned))
+                .collect(),
+        ),
+        _ => None,
+    })
+}
+
+/// The settings, for the rest of a transaction, that have the server cut
+/// off a wait for a lock or a statement after `budget` (at least 1 ms: 0
+/// would mean never).
+fn cut_off_after(budget: Duration) -> String {
+    let millis = budget.as_millis().clamp(1, i32::MAX as u128);
+    format!("SET LOCAL lock_timeout = '{millis}ms'; SET LOCAL statement_timeout = '{millis}ms'")
+}
+
+/// Cancels the statement of one session: the server ends a wait for a
+/// lock with an error. A cancel that arrives between statements is
+/// ignored by the server. The request is made as the session's connection
+/// was: over TLS, with the same settings, when it was encrypted. (Sent
+/// without TLS, the driver refuses it under `sslmode=require`, `verify-ca`
+/// and `verify-full`, and the wait it was for went on.)
+#[derive(Clone)]
+pub(super) struct Canceller {
+    token: tokio_postgres::CancelToken,
+    tls_config: Option<Arc<ClientConfig>>,
+}
+
+impl Canceller {
+    /// Sends the cancel request; failures are logged (the wait then ends at
+    /// its own deadline, or when the lock is granted).
+    pub fn cancel(&self) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                log::debug!("cannot start a runtime to cancel a wait: {err}");
+                return;
+            }
+        };
+        let sent = runtime.block_on(async {
+            let connector = Connector::new(self.tls_config.as_ref());
+            tokio::time::timeout(CANCEL_DEADLINE, self.token.cancel_query(connector)).await
+        });
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => log::warn!("cancelling a wait for a lock failed: {}", describe(&err)),
+            Err(_) => log::warn!("cancelling a wait for a lock timed out"),
+        }
     }
-    let mut line = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line
 }

@@ -1,138 +1,96 @@
-//! The state table (fencing tokens, clean/unclean release, holder records)
-//! and the server's own view of a lock (`pg_locks`, `pg_stat_activity`).
+//! The rows of the state table: fencing tokens, clean or unclean release,
+//! the bound a successor owes, and the holder's record. One row per
+//! advisory key, whatever lock name took it, and one state table per key in
+//! a database.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio_postgres::Row as PgRow;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 
-use super::key_parts;
-use super::session::{Failure, Session};
-use crate::backend::Holder;
+use super::failure::Failure;
+use super::session::Session;
+use super::table::{MARKER, Table};
 use crate::error::{Error, Result};
 use crate::name::LockName;
 use crate::record::{RECORD_FORMAT, Record};
 
-/// The longest identifier PostgreSQL keeps (NAMEDATALEN - 1).
-const MAX_IDENTIFIER_LEN: usize = 63;
-
-/// How often creating the table is retried when another session creates it
-/// at the same moment.
-const CREATE_ATTEMPTS: usize = 5;
-
 /// The columns read back for a row, in [`Row::from_pg`]'s order.
 const COLUMNS: &str = "name, key, token, state, backend_pid, pid, host, start_time, boot_id, \
-                       user_name, uid, command, acquired_at";
-
-/// The state table, by its validated (and always quoted) name.
-#[derive(Clone, Debug)]
-pub(super) struct Table {
-    sql: String,
-}
+                       user_name, uid, command, acquired_at, stopped_token";
 
 impl Table {
-    /// Validates `name`: a lowercase identifier (`[a-z_][a-z0-9_]*`, at
-    /// most 63 bytes), optionally qualified by a schema of the same form.
-    pub fn parse(name: &str) -> Result<Table> {
-        let parts: Vec<&str> = name.split('.').collect();
-        if parts.len() > 2 || !parts.iter().all(|part| is_identifier(part)) {
-            return Err(Error::usage(format!(
-                "invalid state table name {name:?}: it must be a lowercase identifier ([a-z_][a-z0-9_]*, at most {MAX_IDENTIFIER_LEN} bytes), optionally schema-qualified as schema.table"
-            )));
-        }
-        let sql = parts
-            .iter()
-            .map(|part| format!("\"{part}\""))
-            .collect::<Vec<_>>()
-            .join(".");
-        Ok(Table { sql })
-    }
-
-    /// The statement that creates the table.
-    pub fn ddl(&self) -> String {
-        format!(
-            "CREATE TABLE IF NOT EXISTS {} (\
-             name text PRIMARY KEY, \
-             key bigint NOT NULL, \
-             token bigint NOT NULL CHECK (token > 0), \
-             state text NOT NULL CHECK (state IN ('held', 'released')), \
-             backend_pid integer, \
-             pid integer, \
-             host text, \
-             start_time bigint, \
-             boot_id text, \
-             user_name text, \
-             uid bigint, \
-             command text[], \
-             acquired_at timestamptz, \
-             stop_within_ms bigint, \
-             updated_at timestamptz NOT NULL DEFAULT now())",
-            self.sql
-        )
-    }
-
-    fn exists(&self, session: &mut Session) -> Result<bool> {
-        let row = session
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&self.sql])
-            .map_err(|failure| session.error("looking for the state table", failure))?;
-        Ok(row.get(0))
-    }
-
-    /// Creates the table unless it exists. Two sessions creating it at the
-    /// same moment can collide in the catalog even with `IF NOT EXISTS`;
-    /// the loser looks again.
-    pub fn ensure(&self, session: &mut Session) -> Result<()> {
-        for _ in 0..CREATE_ATTEMPTS {
-            if self.exists(session)? {
-                return Ok(());
-            }
-            match session.batch(&self.ddl()) {
-                Ok(()) => return Ok(()),
-                Err(failure) if is_creation_race(&failure) => continue,
-                Err(failure) if failure.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
-                    return Err(self.cannot_create(session, failure));
+    /// Refuses to take a key that another state table of the database
+    /// records too: holders of one key that keep two rows would not see
+    /// each other's unclean release, and their tokens would not grow.
+    /// Called while holding the advisory lock, so no holder of the key can
+    /// add such a row meanwhile. A state table this role cannot read might
+    /// hold one: refused too.
+    pub fn refuse_other_tables(&self, session: &mut Session, key: i64) -> Result<()> {
+        let others = session
+            .query(
+                "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
+                 FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 JOIN pg_description d ON d.objoid = c.oid \
+                   AND d.classoid = 'pg_class'::regclass AND d.objsubid = 0 \
+                 WHERE d.description = $1 AND c.relkind IN ('r', 'p') \
+                   AND c.oid IS DISTINCT FROM to_regclass($2)::oid",
+                &[&MARKER, &self.sql],
+            )
+            .map_err(|failure| session.error("looking for other state tables", failure))?;
+        for other in others {
+            let other: String = other.get(0);
+            // `other` comes quoted from the catalog.
+            let sql = format!("SELECT name, token, state FROM {other} WHERE key = $1");
+            match session.query(&sql, &[&key]) {
+                Ok(rows) => match rows.first() {
+                    None => {}
+                    Some(row) => {
+                        let (name, token, state): (String, i64, String) =
+                            (row.get(0), row.get(1), row.get(2));
+                        return Err(Error::unsafe_(format!(
+                            "lock key {key} is also recorded in table {other} (as lock '{name}', token {token}, {state}), not only in {}; every holder of one key must use one state table (if {other} is no longer used, drop it: its rows cannot be deleted one by one)",
+                            self.display
+                        )));
+                    }
+                },
+                // Dropped since we looked.
+                Err(failure) if failure.code() == Some(&SqlState::UNDEFINED_TABLE) => {}
+                Err(failure) if failure.ends_session() => {
+                    return Err(session.error("reading another state table", failure));
                 }
-                Err(failure) => return Err(session.error("creating the state table", failure)),
+                Err(failure) => {
+                    let error = Error::unsafe_(format!(
+                        "cannot read the state table {other} ({}), which may record lock key {key} too; every holder of one key must use one state table: grant SELECT on {other} to this role, or remove its marker (COMMENT ON TABLE {other} IS NULL) if it is not an onlyone state table",
+                        failure.describe()
+                    ));
+                    return Err(failure.attach_to(error));
+                }
             }
         }
-        Err(Error::unavailable(format!(
-            "PostgreSQL at {}: the state table {} could not be created (other sessions kept creating and dropping it)",
-            session.location(),
-            self.sql
-        )))
-    }
-
-    fn cannot_create(&self, session: &mut Session, failure: Failure) -> Error {
-        let role = current_role(session);
-        let error = Error::unavailable(format!(
-            "cannot create the state table {} at {} ({}); have a privileged role run: {}; GRANT SELECT, INSERT, UPDATE ON {} TO {role}",
-            self.sql,
-            session.location(),
-            failure.describe(),
-            self.ddl(),
-            self.sql
-        ));
-        failure.attach_to(error)
-    }
-
-    fn no_privilege(&self, session: &mut Session, failure: Failure) -> Error {
-        let role = current_role(session);
-        let error = Error::unavailable(format!(
-            "no privilege on the state table {} at {} ({}); have its owner run: GRANT SELECT, INSERT, UPDATE ON {} TO {role}",
-            self.sql,
-            session.location(),
-            failure.describe(),
-            self.sql
-        ));
-        failure.attach_to(error)
+        Ok(())
     }
 
     /// Records a new holder while the advisory lock is held: the next
-    /// token, committed before the lock is handed out; whether the
-    /// previous holder left without a clean release, and how long it may
-    /// take to stop its command after losing the lock (`stop_within`: its
-    /// heartbeat deadline + kill grace; ours is recorded for the next).
+    /// token, committed before the lock is handed out, and whether the
+    /// previous holder left without a clean release. `stop_within` is how
+    /// long this holder may take to stop its command once it has lost the
+    /// lock (its heartbeat deadline + kill grace), recorded for the next.
+    ///
+    /// Until a holder releases cleanly, a successor owes the largest bound
+    /// of every unclean holder since the last clean release, each plus
+    /// `margin`: the row carries it forward (`owed_ms`), so that a holder
+    /// lost during its own lock-delay does not shorten the wait for an
+    /// earlier holder's command.
+    ///
+    /// `lost`: the token of this starter's own acquisition of `key` that
+    /// ended before its command started. If `stop` marked that token
+    /// stopped, nothing is recorded and `None` is returned: the starter was
+    /// stopped, not cut off. (The row is read as committed: a `stop` still
+    /// committing its mark is waited for.)
+    #[allow(clippy::too_many_arguments)]
     pub fn record_acquisition(
         &self,
         session: &mut Session,
@@ -140,63 +98,164 @@ impl Table {
         key: i64,
         record: &Record,
         stop_within: Duration,
-    ) -> Result<Acquisition> {
-        // The CTE reads the row as it was before this statement: the
-        // previous holder's state.
+        margin: Duration,
+        lost: Option<u64>,
+    ) -> Result<Option<Acquisition>> {
+        // The CTE reads the row as it was before this statement; so do the
+        // `t.` columns on the right of the SET. The sum saturates: a bound
+        // recorded by a holder that nothing capped (any bigint) must make
+        // its successors wait, not fail with "bigint out of range".
         let sql = format!(
-            "WITH previous AS (SELECT state, stop_within_ms FROM {t} WHERE name = $1) \
-             INSERT INTO {t} AS t (name, key, token, state, backend_pid, pid, host, start_time, \
+            "WITH previous AS (SELECT state FROM {t} WHERE key = $2) \
+             INSERT INTO {t} AS t (key, name, token, state, backend_pid, pid, host, start_time, \
                                    boot_id, user_name, uid, command, acquired_at, stop_within_ms, \
-                                   updated_at) \
-             VALUES ($1, $2, 1, 'held', pg_backend_pid(), $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-                     now()) \
-             ON CONFLICT (name) DO UPDATE SET \
-               key = EXCLUDED.key, token = t.token + 1, state = 'held', \
+                                   owed_ms, updated_at) \
+             VALUES ($2, $1, 1, 'held', pg_backend_pid(), $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                     0, now()) \
+             ON CONFLICT (key) DO UPDATE SET \
+               name = EXCLUDED.name, token = t.token + 1, state = 'held', \
                backend_pid = EXCLUDED.backend_pid, pid = EXCLUDED.pid, host = EXCLUDED.host, \
                start_time = EXCLUDED.start_time, boot_id = EXCLUDED.boot_id, \
                user_name = EXCLUDED.user_name, uid = EXCLUDED.uid, command = EXCLUDED.command, \
                acquired_at = EXCLUDED.acquired_at, stop_within_ms = EXCLUDED.stop_within_ms, \
+               owed_ms = CASE WHEN t.state = 'held' \
+                         THEN greatest(coalesce(t.owed_ms, 0), \
+                                       least(coalesce(t.stop_within_ms, 0), 9223372036854775807 - $12) + $12) \
+                         ELSE 0 END, \
                updated_at = now() \
-             RETURNING t.token, (SELECT state FROM previous), t.backend_pid, \
-                       (SELECT stop_within_ms FROM previous)",
+             WHERE $13::bigint IS NULL OR t.stopped_token IS DISTINCT FROM $13 \
+             RETURNING t.token, (SELECT state FROM previous), t.backend_pid, t.owed_ms",
             t = self.sql
         );
-        let stop_within_ms = i64::try_from(stop_within.as_millis()).unwrap_or(i64::MAX);
-        let acquired_at = record.acquired_time().unwrap_or_else(SystemTime::now);
-        let result = session.query_one(
-            &sql,
-            &[
-                &name.as_str(),
-                &key,
-                &i32::try_from(record.pid).ok(),
-                &record.host,
-                &record.start_time.and_then(|t| i64::try_from(t).ok()),
-                &record.boot_id,
-                &record.user,
-                &i64::from(record.uid),
-                &record.command,
-                &acquired_at,
-                &stop_within_ms,
-            ],
-        );
-        let row = match result {
-            Ok(row) => row,
+        let columns = RecordColumns::of(name, key, record);
+        let lost = lost.map(|token| i64::try_from(token).unwrap_or(i64::MAX));
+        let (stop_within, margin) = (millis(stop_within), millis(margin));
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = columns.typed_params().to_vec();
+        params.extend([
+            (&stop_within as &(dyn ToSql + Sync), Type::INT8),
+            (&margin, Type::INT8),
+            (&lost, Type::INT8),
+        ]);
+        let result = session.query_typed(&sql, &params);
+        let rows = match result {
+            Ok(rows) => rows,
             Err(failure) if failure.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
                 return Err(self.no_privilege(session, failure));
             }
             Err(failure) => return Err(session.error("recording the fencing token", failure)),
         };
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
         session.check_same_backend(row.get(2))?;
         let token: i64 = row.get(0);
         let previous: Option<String> = row.get(1);
-        let previous_stop_within: Option<i64> = row.get(3);
-        Ok(Acquisition {
+        let owed: Option<i64> = row.get(3);
+        Ok(Some(Acquisition {
             token: u64::try_from(token).unwrap_or(0),
             previous_was_held: previous.as_deref() == Some("held"),
-            previous_stop_within: previous_stop_within
-                .and_then(|ms| u64::try_from(ms).ok())
-                .map(Duration::from_millis),
-        })
+            owed: Duration::from_millis(owed.and_then(|ms| u64::try_from(ms).ok()).unwrap_or(0)),
+        }))
+    }
+
+    /// Whether `stop` marked the acquisition `token` of `key` stopped. Read
+    /// `FOR SHARE`: a `stop` that ended the session and has yet to commit
+    /// its mark is waited for.
+    pub fn was_stopped(&self, session: &mut Session, key: i64, token: u64) -> Result<bool> {
+        let sql = format!(
+            "SELECT stopped_token = $2 FROM {} WHERE key = $1 FOR SHARE",
+            self.sql
+        );
+        let token = i64::try_from(token).unwrap_or(i64::MAX);
+        let rows = session
+            .query(&sql, &[&key, &token])
+            .map_err(|failure| session.error("reading the state row", failure))?;
+        Ok(rows
+            .first()
+            .and_then(|row| row.get::<_, Option<bool>>(0))
+            .unwrap_or(false))
+    }
+
+    /// Whether the row of `key` still says what its holder wrote: held by
+    /// this session, with its token and its bounds (a `stop`'s mark aside),
+    /// whether `stop` asked this holder to stop (its mark names the token),
+    /// and the server process that answered (a pooler may hand the
+    /// connection to another one). Answered within `deadline`; a wait for
+    /// the table (a migration queued behind a reader) is cut off after
+    /// `budget`.
+    pub fn holder_row_intact(
+        &self,
+        session: &Session,
+        key: i64,
+        holding: &Holding,
+        deadline: Duration,
+        budget: Duration,
+    ) -> std::result::Result<(bool, bool, Option<i32>), Failure> {
+        // One round trip: the values are numbers, written in.
+        let sql = format!(
+            "SELECT coalesce((SELECT token = {token} AND state = 'held' \
+                                     AND backend_pid = pg_backend_pid() \
+                                     AND stop_within_ms IS NOT DISTINCT FROM {stop_within} \
+                                     AND owed_ms >= {owed} \
+                              FROM {table} WHERE key = {key}), false), \
+                    pg_backend_pid(), \
+                    coalesce((SELECT stopped_token = {token} \
+                              FROM {table} WHERE key = {key}), false)",
+            token = i64::try_from(holding.token).unwrap_or(i64::MAX),
+            stop_within = millis(holding.stop_within),
+            owed = millis(holding.owed),
+            table = self.sql,
+        );
+        let row = session
+            .query_briefly(deadline, budget, &sql)?
+            .unwrap_or_default();
+        let column = |i: usize| row.get(i).cloned().flatten();
+        Ok((
+            column(0).as_deref() == Some("t"),
+            column(2).as_deref() == Some("t"),
+            column(1).and_then(|pid| pid.parse().ok()),
+        ))
+    }
+
+    /// Writes the row of `key` back as its holder wrote it when it
+    /// acquired: for a row deleted or altered past the guard triggers
+    /// (DESIGN.md). The trigger still refuses a token moved back. Answered
+    /// within `deadline`; a wait for the table is cut off after `budget`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore(
+        &self,
+        session: &Session,
+        name: &LockName,
+        key: i64,
+        record: &Record,
+        holding: &Holding,
+        deadline: Duration,
+        budget: Duration,
+    ) -> std::result::Result<(), Failure> {
+        let sql = format!(
+            "INSERT INTO {t} AS t (key, name, token, state, backend_pid, pid, host, start_time, \
+                                   boot_id, user_name, uid, command, acquired_at, stop_within_ms, \
+                                   owed_ms, updated_at) \
+             VALUES ($2, $1, $13, 'held', pg_backend_pid(), $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                     $12, now()) \
+             ON CONFLICT (key) DO UPDATE SET \
+               name = EXCLUDED.name, token = EXCLUDED.token, state = 'held', \
+               backend_pid = EXCLUDED.backend_pid, pid = EXCLUDED.pid, host = EXCLUDED.host, \
+               start_time = EXCLUDED.start_time, boot_id = EXCLUDED.boot_id, \
+               user_name = EXCLUDED.user_name, uid = EXCLUDED.uid, command = EXCLUDED.command, \
+               acquired_at = EXCLUDED.acquired_at, stop_within_ms = EXCLUDED.stop_within_ms, \
+               owed_ms = greatest(EXCLUDED.owed_ms, t.owed_ms), updated_at = now()",
+            t = self.sql
+        );
+        let columns = RecordColumns::of(name, key, record);
+        let stop_within = millis(holding.stop_within);
+        let owed = millis(holding.owed);
+        let token = i64::try_from(holding.token).unwrap_or(i64::MAX);
+        let mut params = columns.params().to_vec();
+        params.extend([&stop_within as &(dyn ToSql + Sync), &owed, &token]);
+        session
+            .query_bounded(deadline, budget, &sql, &params)
+            .map(drop)
     }
 
     /// Marks a clean release, so that the next holder needs no lock-delay.
@@ -204,26 +263,26 @@ impl Table {
     pub fn mark_released(
         &self,
         session: &mut Session,
-        name: &LockName,
+        key: i64,
         token: u64,
         deadline: Instant,
     ) -> Result<()> {
         let sql = format!(
-            "UPDATE {} SET state = 'released', updated_at = now() WHERE name = $1 AND token = $2",
+            "UPDATE {} SET state = 'released', updated_at = now() WHERE key = $1 AND token = $2",
             self.sql
         );
         let token = i64::try_from(token).unwrap_or(i64::MAX);
         let left = deadline.saturating_duration_since(Instant::now());
         session
-            .execute_within(left, &sql, &[&name.as_str(), &token])
+            .query_typed_within(left, &sql, &[(&key, Type::INT8), (&token, Type::INT8)])
             .map(drop)
             .map_err(|failure| session.error("recording the release", failure))
     }
 
-    /// The row of `name`, if the table and the row exist.
-    pub fn row(&self, session: &mut Session, name: &str) -> Result<Option<Row>> {
-        let sql = format!("SELECT {COLUMNS} FROM {} WHERE name = $1", self.sql);
-        Ok(self.select(session, &sql, &[&name])?.into_iter().next())
+    /// The row of advisory key `key`, if the table and the row exist.
+    pub fn row(&self, session: &mut Session, key: i64) -> Result<Option<Row>> {
+        let sql = format!("SELECT {COLUMNS} FROM {} WHERE key = $1", self.sql);
+        Ok(self.select(session, &sql, &[&key])?.into_iter().next())
     }
 
     /// Every row, by name.
@@ -253,31 +312,18 @@ impl Table {
     }
 }
 
-fn is_identifier(part: &str) -> bool {
-    let mut bytes = part.bytes();
-    matches!(bytes.next(), Some(b'a'..=b'z' | b'_'))
-        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
-        && part.len() <= MAX_IDENTIFIER_LEN
+/// What a holder wrote in its row when it acquired, and keeps there.
+#[derive(Clone, Debug)]
+pub(super) struct Holding {
+    pub token: u64,
+    /// Its heartbeat deadline + kill grace.
+    pub stop_within: Duration,
+    /// What its successor owes for the holders before it.
+    pub owed: Duration,
 }
 
-/// Another session created the table (or its row type or index) between
-/// our look and our `CREATE TABLE IF NOT EXISTS`.
-fn is_creation_race(failure: &Failure) -> bool {
-    [
-        SqlState::UNIQUE_VIOLATION,
-        SqlState::DUPLICATE_TABLE,
-        SqlState::DUPLICATE_OBJECT,
-    ]
-    .iter()
-    .any(|code| failure.code() == Some(code))
-}
-
-/// The session's role, quoted for a GRANT statement.
-fn current_role(session: &mut Session) -> String {
-    session
-        .query_one("SELECT quote_ident(current_user)", &[])
-        .map(|row| row.get(0))
-        .unwrap_or_else(|_| "<your role>".to_owned())
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// What recording an acquisition found.
@@ -287,14 +333,16 @@ pub(super) struct Acquisition {
     pub token: u64,
     /// The previous holder did not release cleanly.
     pub previous_was_held: bool,
-    /// How long the previous holder may take to stop its command after
-    /// losing the lock (its heartbeat deadline + kill grace), if recorded.
-    pub previous_stop_within: Option<Duration>,
+    /// The longest bound, plus the margin, of every holder since the last
+    /// clean release: how long their commands may still run after they
+    /// lost the lock. Zero after a clean release.
+    pub owed: Duration,
 }
 
 /// One lock's row of the state table.
 #[derive(Debug)]
 pub(super) struct Row {
+    /// The name that took the key last.
     pub name: String,
     pub key: i64,
     pub token: u64,
@@ -304,6 +352,8 @@ pub(super) struct Row {
     pub backend_pid: Option<i32>,
     /// The holder's record, when every part of it is there.
     pub record: Option<Record>,
+    /// The last token `stop` asked to stop, or ended.
+    pub stopped_token: Option<u64>,
 }
 
 impl Row {
@@ -320,7 +370,22 @@ impl Row {
             state: row.try_get(3).unwrap_or_default(),
             backend_pid: row.try_get(4).ok().flatten(),
             record: record_from(row, token),
+            stopped_token: row
+                .try_get::<_, Option<i64>>(13)
+                .ok()
+                .flatten()
+                .and_then(|t| u64::try_from(t).ok()),
         }
+    }
+
+    /// A stop request for the holder this row names, not answered yet.
+    pub fn stop_pending(&self) -> Option<u64> {
+        (self.state == "held" && self.stopped_token == Some(self.token)).then_some(self.token)
+    }
+
+    /// The row names this session as the holder that recorded it.
+    pub fn names_holder(&self, backend_pid: i32) -> bool {
+        self.state == "held" && self.backend_pid == Some(backend_pid)
     }
 }
 
@@ -348,131 +413,75 @@ fn record_from(row: &PgRow, token: u64) -> Option<Record> {
     })
 }
 
-/// A server session that holds or waits for a lock.
-#[derive(Debug)]
-pub(super) struct ServerSession {
-    pub pid: i32,
-    application_name: Option<String>,
-    client: Option<String>,
-    user: Option<String>,
-    connected: Option<SystemTime>,
-    waiting_since: Option<SystemTime>,
+/// The lock's name and key and the holder's record as the state row's
+/// columns `$1` to `$10`, in the order both the acquiring statement and
+/// the holder's write-back use: one list, so that the two cannot drift.
+struct RecordColumns<'a> {
+    name: &'a str,
+    key: i64,
+    pid: Option<i32>,
+    record: &'a Record,
+    start_time: Option<i64>,
+    uid: i64,
+    acquired_at: SystemTime,
 }
 
-impl ServerSession {
-    /// "backend pid 4242, application_name 'x', user bot, client 10.0.0.5:5000"
-    fn describe(&self) -> String {
-        let mut text = format!("backend pid {}", self.pid);
-        if let Some(name) = self.application_name.as_deref().filter(|n| !n.is_empty()) {
-            text.push_str(&format!(", application_name '{name}'"));
+impl<'a> RecordColumns<'a> {
+    fn of(name: &'a LockName, key: i64, record: &'a Record) -> RecordColumns<'a> {
+        RecordColumns {
+            name: name.as_str(),
+            key,
+            pid: i32::try_from(record.pid).ok(),
+            record,
+            start_time: record.start_time.and_then(|t| i64::try_from(t).ok()),
+            uid: i64::from(record.uid),
+            acquired_at: record.acquired_time().unwrap_or_else(SystemTime::now),
         }
-        if let Some(user) = &self.user {
-            text.push_str(&format!(", user {user}"));
-        }
-        text.push_str(&match &self.client {
-            Some(client) => format!(", client {client}"),
-            None => ", local socket or not visible to this role".to_owned(),
-        });
-        text
     }
 
-    fn as_holder(&self) -> String {
-        let mut text = format!("PostgreSQL {}", self.describe());
-        if let Some(since) = self.connected {
-            text.push_str(&format!(
-                ", connected since {}",
-                humantime::format_rfc3339_seconds(since)
-            ));
-        }
-        text
+    /// [`RecordColumns::params`] with their types, for a statement sent in
+    /// one round trip.
+    fn typed_params(&self) -> [(&(dyn ToSql + Sync), Type); 10] {
+        let [
+            name,
+            key,
+            pid,
+            host,
+            start_time,
+            boot_id,
+            user,
+            uid,
+            command,
+            acquired_at,
+        ] = self.params();
+        [
+            (name, Type::TEXT),
+            (key, Type::INT8),
+            (pid, Type::INT4),
+            (host, Type::TEXT),
+            (start_time, Type::INT8),
+            (boot_id, Type::TEXT),
+            (user, Type::TEXT),
+            (uid, Type::INT8),
+            (command, Type::TEXT_ARRAY),
+            (acquired_at, Type::TIMESTAMPTZ),
+        ]
     }
 
-    fn as_waiter(&self) -> String {
-        let mut text = self.describe();
-        if let Some(since) = self.waiting_since {
-            text.push_str(&format!(
-                ", waiting since {}",
-                humantime::format_rfc3339_seconds(since)
-            ));
-        }
-        text
-    }
-}
-
-/// Who holds and who waits for an advisory lock, as the server sees it.
-#[derive(Debug, Default)]
-pub(super) struct ServerView {
-    pub holder: Option<ServerSession>,
-    pub waiters: Vec<ServerSession>,
-}
-
-impl ServerView {
-    /// The sessions holding (granted) and waiting for (not granted) `key`
-    /// in this database, in the bigint form (`objsubid = 1`).
-    pub fn read(session: &mut Session, key: i64) -> Result<ServerView> {
-        let (classid, objid) = key_parts(key);
-        let rows = session
-            .query(
-                "SELECT l.pid, l.granted, a.application_name, \
-                        host(a.client_addr) || coalesce(':' || a.client_port, ''), \
-                        a.usename::text, a.backend_start, a.query_start \
-                 FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
-                 WHERE l.locktype = 'advisory' \
-                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-                   AND l.classid::bigint = $1 AND l.objid::bigint = $2 AND l.objsubid = 1 \
-                 ORDER BY l.granted DESC, a.query_start",
-                &[&i64::from(classid), &i64::from(objid)],
-            )
-            .map_err(|failure| session.error("reading pg_locks", failure))?;
-        let mut view = ServerView::default();
-        for row in rows {
-            let server_session = ServerSession {
-                pid: row.get(0),
-                application_name: row.get(2),
-                client: row.get(3),
-                user: row.get(4),
-                connected: row.get(5),
-                waiting_since: row.get(6),
-            };
-            if row.get::<_, bool>(1) && view.holder.is_none() {
-                view.holder = Some(server_session);
-            } else {
-                view.waiters.push(server_session);
-            }
-        }
-        Ok(view)
-    }
-
-    /// The waiters, one line each.
-    pub fn waiter_lines(&self) -> Vec<String> {
-        self.waiters.iter().map(ServerSession::as_waiter).collect()
-    }
-
-    /// The holder as [`Holder`]: the record comes from the state row only
-    /// when that row belongs to the very session that holds the lock now.
-    pub fn holder(&self, row: Option<&Row>) -> Holder {
-        let Some(server) = &self.holder else {
-            return Holder {
-                record: None,
-                pids: Vec::new(),
-                detail: Some(
-                    "nobody holds it any more: the holder released it just after our attempt"
-                        .to_owned(),
-                ),
-            };
-        };
-        let current_row =
-            row.filter(|row| row.state == "held" && row.backend_pid == Some(server.pid));
-        let mut detail = server.as_holder();
-        if current_row.is_none() {
-            detail.push_str(
-                "; not an onlyone holder: no record in the state table names this session (another program, or an onlyone holder still starting)",
-            );
-        }
-        Holder {
-            record: current_row.and_then(|row| row.record.clone()),
-            pids: u32::try_from(server.pid).into_iter().collect(),
-            detail: Some(detail),
-        }
+    /// name, key, pid, host, start_time, boot_id, user_name, uid, command,
+    /// acquired_at.
+    fn params(&self) -> [&(dyn ToSql + Sync); 10] {
+        [
+            &self.name,
+            &self.key,
+            &self.pid,
+            &self.record.host,
+            &self.start_time,
+            &self.record.boot_id,
+            &self.record.user,
+            &self.uid,
+            &self.record.command,
+            &self.acquired_at,
+        ]
     }
 }

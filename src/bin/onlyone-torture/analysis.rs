@@ -224,15 +224,6 @@ fn check_tokens(entries: &[Entry], events: &[Event]) -> Tokens {
     tokens
 }
 
-/// Nearest-rank percentile of sorted values.
-pub fn percentile(sorted: &[u64], percent: f64) -> Option<u64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (percent / 100.0 * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +243,7 @@ mod tests {
             pid,
             t_before: t,
             t_after: t + 1,
+            before_command: false,
         }
     }
 
@@ -299,14 +291,5 @@ mod tests {
 
         let tokens = analyze(&lines, &[], u64::MAX).tokens;
         assert_eq!(tokens.unexplained.len(), 2);
-    }
-
-    #[test]
-    fn percentiles_by_nearest_rank() {
-        let values: Vec<u64> = (1..=100).collect();
-        assert_eq!(percentile(&values, 50.0), Some(50));
-        assert_eq!(percentile(&values, 99.0), Some(99));
-        assert_eq!(percentile(&values, 100.0), Some(100));
-        assert_eq!(percentile(&[], 50.0), None);
     }
 }

@@ -88,6 +88,11 @@ pub struct Contenders {
     /// `--dir DIR` or `--postgres URL`, and any more arguments for
     /// `onlyone run`.
     pub run_args: Vec<OsString>,
+    /// Kill graces to choose from, one per `onlyone run` (empty: its
+    /// default, or the one in `run_args`).
+    pub kill_graces: Vec<String>,
+    /// `onlyone run --quiet`: only errors on stderr.
+    pub quiet: bool,
     /// The witness command, without `--hold-ms`.
     pub witness: Vec<OsString>,
     pub max_hold_ms: u64,
@@ -104,7 +109,11 @@ impl Contenders {
     pub fn contend(&self, stop: &Stop, mut rng: Rng) {
         while !stop.is_stopped() {
             let hold_ms = rng.between(0, self.max_hold_ms);
-            let mut child = match self.spawn_supervisor(hold_ms) {
+            let kill_grace = match self.kill_graces.len() {
+                0 => None,
+                n => Some(self.kill_graces[rng.between(0, n as u64 - 1) as usize].as_str()),
+            };
+            let mut child = match self.spawn_supervisor(hold_ms, kill_grace) {
                 Ok(child) => child,
                 Err(err) => {
                     let program = self.onlyone.display();
@@ -129,11 +138,18 @@ impl Contenders {
         }
     }
 
-    fn spawn_supervisor(&self, hold_ms: u64) -> io::Result<Child> {
+    fn spawn_supervisor(&self, hold_ms: u64, kill_grace: Option<&str>) -> io::Result<Child> {
         let mut command = Command::new(&self.onlyone);
         command
-            .args(["run", "--name", &self.lock_name, "--wait", "--quiet"])
+            .args(["run", "--name", &self.lock_name, "--wait"])
+            .args(self.quiet.then_some("--quiet"))
             .args(&self.run_args)
+            .args(
+                kill_grace
+                    .map(|grace| ["--kill-grace", grace])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("--")
             .args(&self.witness)
             .args(["--hold-ms", &hold_ms.to_string()])

@@ -12,12 +12,16 @@
 //! Linux only: it signals processes through pidfds (pids are reused within a
 //! long run) and reads /proc.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 #[cfg(target_os = "linux")]
 mod analysis;
 #[cfg(target_os = "linux")]
 mod chaos;
 #[cfg(target_os = "linux")]
 mod contenders;
+#[cfg(target_os = "linux")]
+mod fenced;
 #[cfg(target_os = "linux")]
 mod procs;
 #[cfg(target_os = "linux")]
@@ -40,6 +44,7 @@ fn main() -> std::process::ExitCode {
     let cli = torture::Cli::parse();
     match cli.witness {
         Some(torture::Hidden::Witness(args)) => witness::run(&args),
+        Some(torture::Hidden::Escapee(args)) => fenced::run_escapee(&args),
         None => torture::run(&cli.run),
     }
 }

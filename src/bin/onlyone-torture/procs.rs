@@ -6,6 +6,7 @@ use std::fs;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
+use onlyone::internals;
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 
 /// A process pinned by a pidfd: signals reach that process or nobody,
@@ -39,11 +40,8 @@ impl Pinned {
 /// The command line of `pid`, arguments joined by spaces; `None` for a
 /// process that is gone (a zombie has an empty one).
 pub fn command_line(pid: u32) -> Option<String> {
-    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    if raw.is_empty() {
-        return None;
-    }
-    Some(String::from_utf8_lossy(&raw).replace('\0', " "))
+    let words = internals::process_command(pid)?;
+    (words != [""]).then(|| words.join(" "))
 }
 
 /// Sends `signal` to the process group `pgid`.
@@ -58,26 +56,7 @@ pub fn signal_group(pgid: u32, signal: Signal) -> bool {
 /// The processes that hold a granted flock(2) lock on the inode
 /// `(dev, ino)`, from /proc/locks (reading it takes no lock).
 pub fn flock_holders(dev: u64, ino: u64) -> Vec<u32> {
-    let Ok(locks) = fs::read_to_string("/proc/locks") else {
-        return Vec::new();
-    };
-    let id = format!(
-        "{:02x}:{:02x}:{ino}",
-        rustix::fs::major(dev),
-        rustix::fs::minor(dev)
-    );
-    locks
-        .lines()
-        .filter_map(|line| {
-            // "1: FLOCK  ADVISORY  WRITE 1234 00:2a:12345 0 EOF"; blocked
-            // waiters read "1: -> FLOCK ..." and are skipped.
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            match fields.as_slice() {
-                [_, "FLOCK", _, _, pid, inode, ..] if *inode == id => pid.parse().ok(),
-                _ => None,
-            }
-        })
-        .collect()
+    internals::flock_holders(dev, ino).unwrap_or_default()
 }
 
 /// The kernel's PF_EXITING flag: the process has begun to exit and will
@@ -87,26 +66,15 @@ const PF_EXITING: u64 = 0x4;
 /// True when `pid` is exiting or gone: it may still hold locks for a
 /// moment while the kernel closes its descriptors, but it cannot act.
 pub fn is_exiting_or_gone(pid: u32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return true;
-    };
-    // The name (field 2) may contain spaces: count from the last ')'.
-    // After it come field 3 (state) ... field 9 (flags).
-    let flags = stat
-        .rfind(')')
-        .and_then(|end| stat[end + 1..].split_whitespace().nth(6))
-        .and_then(|flags| flags.parse::<u64>().ok());
+    // Field 9 of /proc/PID/stat.
+    let flags = internals::stat_field(pid, 9).and_then(|flags| flags.parse::<u64>().ok());
     flags.is_none_or(|flags| flags & PF_EXITING != 0)
 }
 
 /// The state letter of `pid` (R, S, D, T, Z, ...), for reports.
 pub fn state(pid: u32) -> char {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let end = stat.rfind(')')?;
-            stat[end + 1..].trim_start().chars().next()
-        })
+    internals::stat_field(pid, 3)
+        .and_then(|state| state.chars().next())
         .unwrap_or('?')
 }
 

@@ -6,8 +6,9 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::analysis::{Analysis, percentile};
+use crate::analysis::Analysis;
 use crate::chaos::{Event, Kind};
+use onlyone::internals::nearest_rank;
 
 #[derive(Debug, Serialize)]
 pub struct Summary {
@@ -34,8 +35,17 @@ pub struct Summary {
     pub late_release_max_ms: f64,
     pub tokens: TokenCounts,
     pub handoff_latency_ms: Latency,
-    /// Holders whose end is unknown (no EXIT, no recorded kill).
+    /// Holders whose end is unknown (no EXIT, no recorded kill: say, a
+    /// command stopped after its supervisor was SIGSTOPped and lost the
+    /// lock).
     pub holders_ended_unexplained: u64,
+    /// With PostgreSQL: acquisitions that found the previous holder had not
+    /// released cleanly and waited out a lock-delay (from onlyone's
+    /// warnings), that is the unclean losses a successor saw.
+    pub lock_delays_waited: u64,
+    /// With PostgreSQL: starters whose session ended after they took the
+    /// lock, before their command ran, and that started over.
+    pub restarts_after_session_loss: u64,
     /// How the supervisors (`onlyone run`) ended before the final sweep.
     pub supervisor_exits: BTreeMap<String, u64>,
     /// Supervisor exits that no chaos explains: neither 0 (the witness
@@ -46,6 +56,9 @@ pub struct Summary {
     pub leftover_processes: usize,
     pub stop_reason: String,
     pub work_dir: String,
+    /// With `--fenced-writes`: the writes and what the database shows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fenced_writes: Option<crate::fenced::FencedCounts>,
 }
 
 /// How many supervisors ended in a way the chaos does not explain.
@@ -77,6 +90,10 @@ pub struct ChaosCounts {
     pub lock_file_deletions: u64,
     pub lock_dir_deletions: u64,
     pub session_terminations: u64,
+    pub supervisor_sigstop: u64,
+    /// Acts on the holder's supervisor or session while no command of its
+    /// ran (most often during its lock-delay).
+    pub before_command: u64,
 }
 
 impl ChaosCounts {
@@ -91,8 +108,19 @@ impl ChaosCounts {
                 Kind::LockFileDeletion => &mut counts.lock_file_deletions,
                 Kind::LockDirDeletion => &mut counts.lock_dir_deletions,
                 Kind::SessionTermination => &mut counts.session_terminations,
+                Kind::SupervisorSigstop => &mut counts.supervisor_sigstop,
             };
             *counter += 1;
+            if event.before_command
+                && matches!(
+                    event.kind,
+                    Kind::HolderSupervisorSigkill
+                        | Kind::SessionTermination
+                        | Kind::SupervisorSigstop
+                )
+            {
+                counts.before_command += 1;
+            }
         }
         counts.supervisor_sigkill =
             counts.holder_supervisor_sigkill + counts.random_supervisor_sigkill;
@@ -133,7 +161,7 @@ pub struct Latency {
 
 impl Latency {
     pub fn from_sorted_ns(sorted: &[u64]) -> Latency {
-        let ms = |percent| percentile(sorted, percent).map(|ns| ns as f64 / 1e6);
+        let ms = |percent: f64| nearest_rank(sorted, percent / 100.0).map(|ns| ns as f64 / 1e6);
         Latency {
             count: sorted.len(),
             p50: ms(50.0),
@@ -187,6 +215,36 @@ impl Summary {
         if c.session_terminations > 0 {
             row("session terminations", c.session_terminations.to_string());
         }
+        if c.supervisor_sigstop > 0 {
+            row("supervisor SIGSTOP", c.supervisor_sigstop.to_string());
+        }
+        if c.before_command > 0 {
+            row(
+                "hit before command",
+                format!(
+                    "{} (holder's supervisor or session hit while no command of it ran)",
+                    c.before_command
+                ),
+            );
+        }
+        if self.lock_delays_waited > 0 {
+            row(
+                "lock-delays waited",
+                format!(
+                    "{} (unclean losses seen by the next holder)",
+                    self.lock_delays_waited
+                ),
+            );
+        }
+        if self.restarts_after_session_loss > 0 {
+            row(
+                "restarts",
+                format!(
+                    "{} (session lost after taking the lock, before the command)",
+                    self.restarts_after_session_loss
+                ),
+            );
+        }
         row("OVERLAPS", self.overlaps.to_string());
         row(
             "late releases",
@@ -234,6 +292,19 @@ impl Summary {
             ),
         );
         row("leftover processes", self.leftover_processes.to_string());
+        if let Some(fenced) = &self.fenced_writes {
+            row(
+                "fenced writes",
+                format!(
+                    "{} committed by {} holders, {} refused as stale; {} under a stale token, {} before their token",
+                    fenced.writes,
+                    fenced.writing_holders,
+                    fenced.refused,
+                    fenced.stale_commits,
+                    fenced.early_commits
+                ),
+            );
+        }
         row("work dir", self.work_dir.clone());
         for failure in &self.failures {
             let _ = writeln!(out, "  FAILURE: {failure}");

@@ -19,6 +19,7 @@ use signal_hook::iterator::Signals;
 use crate::analysis::{self, Analysis};
 use crate::chaos::{self, Chaos, Event};
 use crate::contenders::{Contenders, Supervisors};
+use crate::fenced;
 use crate::procs;
 use crate::rng::{self, Rng};
 use crate::stop::{Stop, StopReason};
@@ -72,6 +73,10 @@ pub enum Hidden {
     /// The protected command (run by onlyone, not by people)
     #[command(hide = true)]
     Witness(WitnessArgs),
+    /// A fenced writer that left the witness's process group (run by a
+    /// witness, not by people)
+    #[command(hide = true)]
+    Escapee(fenced::EscapeeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -85,7 +90,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "S")]
     seconds: Option<f64>,
 
-    /// Stop once this many holders have entered
+    /// Stop once this many holders have entered and every kind named by
+    /// --chaos has landed at least once
     #[arg(long, value_name = "K")]
     acquisitions: Option<u64>,
 
@@ -130,10 +136,33 @@ pub struct RunArgs {
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
 
+    /// Use the MySQL/MariaDB backend at URL (passed to `onlyone run
+    /// --mysql`); chaos then ends holder sessions (KILL CONNECTION, with
+    /// the `mariadb` client) instead of deleting files
+    #[arg(long, value_name = "URL", conflicts_with = "postgres")]
+    mysql: Option<String>,
+
     /// One more argument for every `onlyone run`, before its `--`
     /// (repeatable): with --postgres, say --onlyone-arg=--heartbeat=200ms
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     onlyone_arg: Vec<String>,
+
+    /// Give each `onlyone run` one of these kill graces (comma-separated
+    /// durations), chosen at random: holders with different bounds, as
+    /// the lock-delay must cover the longest of them
+    #[arg(long, value_name = "DURATIONS", value_delimiter = ',')]
+    kill_graces: Vec<String>,
+
+    /// The witness ignores SIGTERM: a holder that loses the lock stops its
+    /// command only with SIGKILL, at the end of its kill grace
+    #[arg(long)]
+    witness_ignores_term: bool,
+
+    /// With --postgres: every witness writes rows through the fence while
+    /// it holds, and the run checks from the database that none was
+    /// committed under a stale token (uses a state table of its own)
+    #[arg(long, requires = "postgres")]
+    fenced_writes: bool,
 }
 
 /// Where a run keeps its files. The lock directory is the one the chaos
@@ -184,12 +213,39 @@ fn torture(args: &RunArgs) -> anyhow::Result<u8> {
     println!("onlyone-torture: work dir {}", paths.work.display());
 
     let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    let outcome = contend_under_chaos(args, seed, &onlyone, &paths)?;
+    let fenced = fenced_tables(args);
+    if let Some(tables) = &fenced {
+        prepare_fenced(&onlyone, tables)?;
+    }
+    let outcome = contend_under_chaos(args, seed, &onlyone, &paths, fenced.as_ref())?;
     let chaos_log: String = outcome.events.iter().map(Event::to_line).collect();
     fs::write(&paths.chaos, chaos_log).context("cannot write the chaos log")?;
     let lines = witness_log::read_all(&paths.log).context("cannot read the witness log")?;
     let analysis = analysis::analyze(&lines, &outcome.events, outcome.stop_ns);
-    let summary = summarize(args, seed, started_at, &paths, &outcome, &analysis);
+    let mut summary = summarize(args, seed, started_at, &paths, &outcome, &analysis);
+    if let Some(tables) = &fenced {
+        let mut counts = tables.check()?;
+        counts.refused = fenced::refused(&paths.log);
+        if counts.stale_commits > 0 {
+            summary.failures.push(format!(
+                "{} rows committed under a stale fencing token",
+                counts.stale_commits
+            ));
+        }
+        if counts.early_commits > 0 {
+            summary.failures.push(format!(
+                "{} rows committed before their token",
+                counts.early_commits
+            ));
+        }
+        if counts.writes == 0 {
+            summary
+                .failures
+                .push("no fenced write committed".to_owned());
+        }
+        summary.passed = summary.failures.is_empty();
+        summary.fenced_writes = Some(counts);
+    }
 
     print!("{}", summary.table());
     if let Some(path) = &args.summary {
@@ -199,11 +255,41 @@ fn torture(args: &RunArgs) -> anyhow::Result<u8> {
     if summary.passed && default_work {
         let _ = fs::remove_dir_all(&paths.work);
     }
+    if summary.passed
+        && let Some(tables) = &fenced
+    {
+        tables.drop_all()?;
+    }
     Ok(match outcome.stop_reason {
         StopReason::Interrupted => EXIT_INTERRUPTED,
         _ if summary.passed => 0,
         _ => EXIT_FAILED,
     })
+}
+
+/// The tables of a `--fenced-writes` run, named after it.
+fn fenced_tables(args: &RunArgs) -> Option<fenced::Tables> {
+    let url = args.postgres.clone().filter(|_| args.fenced_writes)?;
+    Some(fenced::Tables {
+        url,
+        prefix: format!("torture_{}", std::process::id()),
+    })
+}
+
+/// Has onlyone make the run's state table (one acquisition), then adds the
+/// tables and the trigger that record the commit order.
+fn prepare_fenced(onlyone: &Path, tables: &fenced::Tables) -> anyhow::Result<()> {
+    let status = Command::new(onlyone)
+        .args(["run", "--quiet", "--postgres", &tables.url, "--table"])
+        .arg(tables.state())
+        .args(["--name", &format!("torture-{}", std::process::id())])
+        .args(["--", "true"])
+        .status()
+        .context("cannot run onlyone")?;
+    if !status.success() {
+        bail!("onlyone could not make the state table {}", tables.state());
+    }
+    tables.create()
 }
 
 fn onlyone_binary(args: &RunArgs) -> anyhow::Result<PathBuf> {
@@ -227,6 +313,19 @@ fn onlyone_binary(args: &RunArgs) -> anyhow::Result<PathBuf> {
 /// would fail every attempt with a usage error, or without `psql`, which
 /// the chaos needs to terminate sessions.
 fn check_backend_support(onlyone: &Path, args: &RunArgs) -> anyhow::Result<()> {
+    if args.mysql.is_some() {
+        let help = Command::new(onlyone).args(["run", "--help"]).output()?;
+        if !String::from_utf8_lossy(&help.stdout).contains("--mysql") {
+            bail!(
+                "{} has no --mysql flag (built without the MySQL backend?)",
+                onlyone.display()
+            );
+        }
+        if Command::new("mariadb").arg("--version").output().is_err() {
+            bail!("--mysql needs the mariadb client on PATH, to end holder sessions");
+        }
+        return Ok(());
+    }
     if args.postgres.is_none() {
         return Ok(());
     }
@@ -273,9 +372,10 @@ fn contend_under_chaos(
     seed: u64,
     onlyone: &Path,
     paths: &Paths,
+    fenced: Option<&fenced::Tables>,
 ) -> anyhow::Result<Outcome> {
     let torture = std::env::current_exe().context("cannot find this program's path")?;
-    let witness: Vec<OsString> = vec![
+    let mut witness: Vec<OsString> = vec![
         torture.clone().into(),
         "witness".into(),
         "--file".into(),
@@ -283,15 +383,30 @@ fn contend_under_chaos(
         "--log".into(),
         paths.log.clone().into(),
     ];
+    if args.witness_ignores_term {
+        witness.push("--ignore-term".into());
+    }
+    if let Some(tables) = fenced {
+        witness.extend([
+            "--fence-url".into(),
+            tables.url.clone().into(),
+            "--fence-prefix".into(),
+            tables.prefix.clone().into(),
+        ]);
+    }
     let witness_prefix = format!(
         "{} witness --file {}",
         torture.display(),
         paths.witness.display()
     );
-    let mut run_args: Vec<OsString> = match &args.postgres {
-        Some(url) => vec!["--postgres".into(), url.into()],
-        None => vec!["--dir".into(), paths.lock_dir.clone().into()],
+    let mut run_args: Vec<OsString> = match (&args.postgres, &args.mysql) {
+        (Some(url), _) => vec!["--postgres".into(), url.into()],
+        (None, Some(url)) => vec!["--mysql".into(), url.into()],
+        (None, None) => vec!["--dir".into(), paths.lock_dir.clone().into()],
     };
+    if let Some(tables) = fenced {
+        run_args.extend(["--table".into(), tables.state().into()]);
+    }
     run_args.extend(args.onlyone_arg.iter().map(OsString::from));
     // Named after this run, so that runs sharing a database (or a
     // database's state table) never meet.
@@ -300,6 +415,9 @@ fn contend_under_chaos(
         onlyone: onlyone.to_owned(),
         lock_name: lock_name.clone(),
         run_args,
+        kill_graces: args.kill_graces.clone(),
+        // With PostgreSQL, onlyone's warnings count the lock-delays.
+        quiet: args.postgres.is_none() && args.mysql.is_none(),
         witness,
         max_hold_ms: args.max_hold_ms,
         stderr: OpenOptions::new()
@@ -315,7 +433,9 @@ fn contend_under_chaos(
         lock_dir: paths.lock_dir.clone(),
         witness_prefix,
         postgres: args.postgres.clone(),
+        mysql: args.mysql.clone(),
         session_pattern: format!("onlyone:{lock_name}@%"),
+        lock_name: lock_name.clone(),
         mean_interval: (!args.no_chaos).then(|| Duration::from_millis(args.chaos_ms)),
         kinds: args.chaos.clone(),
         target: args.acquisitions,
@@ -362,6 +482,9 @@ fn contend_under_chaos(
         (events, stop_ns)
     });
     let duration = started.elapsed();
+    if fenced.is_some() {
+        fenced::kill_escapees(&paths.log);
+    }
     let leftovers = kill_leftovers(&paths.witness);
     Ok(Outcome {
         events,
@@ -439,6 +562,8 @@ fn summarize(
         seed,
         backend: if args.postgres.is_some() {
             "postgres"
+        } else if args.mysql.is_some() {
+            "mysql"
         } else {
             "file"
         }
@@ -457,18 +582,28 @@ fn summarize(
         tokens: TokenCounts::from(analysis),
         handoff_latency_ms: Latency::from_sorted_ns(&analysis.latencies_ns),
         holders_ended_unexplained: analysis.unexplained_ends,
+        lock_delays_waited: count_lines(&paths.stderr, "did not release it cleanly"),
+        restarts_after_session_loss: count_lines(&paths.stderr, "the command never ran"),
         supervisor_exits: outcome.exits.clone(),
         unexpected_supervisor_exits: summary::unexpected_exits(
             &outcome.exits,
-            args.postgres.is_some(),
+            args.postgres.is_some() || args.mysql.is_some(),
         ),
         leftover_processes: outcome.leftovers.len(),
         stop_reason: describe_stop(&outcome.stop_reason),
         work_dir: paths.work.display().to_string(),
+        fenced_writes: None,
     };
     summary.failures = failures(&summary, args);
     summary.passed = summary.failures.is_empty();
     summary
+}
+
+/// How many lines of `path` contain `fragment` (0 if it cannot be read).
+fn count_lines(path: &Path, fragment: &str) -> u64 {
+    fs::read_to_string(path)
+        .map(|text| text.lines().filter(|line| line.contains(fragment)).count() as u64)
+        .unwrap_or(0)
 }
 
 fn describe_stop(reason: &StopReason) -> String {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use crate::fenced;
 use crate::procs;
 use crate::witness_log::{self, Line, monotonic_ns};
 
@@ -39,6 +40,15 @@ pub struct WitnessArgs {
     /// How long to hold, in milliseconds
     #[arg(long)]
     hold_ms: u64,
+    /// Ignore SIGTERM (only SIGKILL ends the witness before its hold ends)
+    #[arg(long)]
+    ignore_term: bool,
+    /// Write fenced rows to this database while holding (`ONLYONE_FENCE`)
+    #[arg(long, requires = "fence_prefix")]
+    fence_url: Option<String>,
+    /// The prefix of the run's tables (see fenced.rs)
+    #[arg(long)]
+    fence_prefix: Option<String>,
 }
 
 pub fn run(args: &WitnessArgs) -> ExitCode {
@@ -52,6 +62,13 @@ pub fn run(args: &WitnessArgs) -> ExitCode {
 }
 
 fn witness(args: &WitnessArgs) -> std::io::Result<u8> {
+    if args.ignore_term {
+        // SAFETY: setting a signal's disposition to "ignore" installs no
+        // handler; nothing runs on the signal.
+        unsafe {
+            libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        }
+    }
     let log = OpenOptions::new()
         .append(true)
         .create(true)
@@ -102,7 +119,21 @@ fn witness(args: &WitnessArgs) -> std::io::Result<u8> {
         },
     )?;
     // The protected work.
-    thread::sleep(Duration::from_millis(args.hold_ms));
+    let until = Instant::now() + Duration::from_millis(args.hold_ms);
+    match (&args.fence_url, &args.fence_prefix) {
+        (Some(url), Some(prefix)) => {
+            let fence = std::env::var("ONLYONE_FENCE")
+                .map_err(|_| std::io::Error::other("no ONLYONE_FENCE"))?;
+            fenced::escape(url, prefix, &args.log)?;
+            let mut writer = fenced::Writer::start(url, prefix, fence, token.unwrap_or(0))?;
+            let refused = writer.write_until(until)?;
+            writer.finish()?;
+            if refused > 0 {
+                fenced::note_refused(&args.log, pid, token, refused)?;
+            }
+        }
+        _ => thread::sleep(until.saturating_duration_since(Instant::now())),
+    }
     witness_log::append(
         &log,
         &Line::Exit {

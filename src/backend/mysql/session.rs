@@ -1,0 +1,512 @@
+//! One dedicated MySQL/MariaDB session: connecting it with the timeouts
+//! that bound how long the server keeps a silent client, refusing a
+//! read-only server and Galera, taking the named lock on it, and the
+//! heartbeat's check that it still holds the lock.
+//!
+//! As in the PostgreSQL backend, every exchange has a deadline (a wait for
+//! the lock is re-armed in rounds that each have one), so a frozen network
+//! or server turns into an error instead of a hang; the driver runs on a
+//! runtime of the session's own, and a timed-out request is dropped with
+//! the session.
+
+use std::fmt;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+use tokio::runtime::Runtime;
+
+use super::target::Target;
+use crate::backend::Wait;
+use crate::error::{Error, Result};
+
+/// How long connecting (TCP, handshake, authentication) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long any other statement may take to be answered, beyond the time
+/// it is meant to wait for the lock.
+pub(super) const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long closing may take; the server ends the session anyway when the
+/// socket goes.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// A wait for the lock is one `GET_LOCK` per round of at most this long,
+/// each answered within the round + [`ANSWER_DEADLINE`]: a server that
+/// stops answering during an unbounded wait is noticed.
+const WAIT_ROUND: Duration = Duration::from_secs(10);
+
+/// TCP keepalive of the client's socket: the first probe after this much
+/// silence (the kernel's interval and count then apply).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+
+/// Server error codes that mean the session is gone.
+const SESSION_ENDING_CODES: [u16; 4] = [
+    1053, // ER_SERVER_SHUTDOWN
+    1927, // ER_CONNECTION_KILLED (MariaDB)
+    4031, // ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8: idle past wait_timeout)
+    1152, // ER_ABORTING_CONNECTION
+];
+
+/// ER_UNKNOWN_SYSTEM_VARIABLE: a variable this server does not have.
+const UNKNOWN_VARIABLE: u16 = 1193;
+
+/// Why a statement failed.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// The server or the driver reported an error.
+    Driver(mysql_async::Error),
+    /// No answer within this deadline.
+    Silent(Duration),
+}
+
+impl Failure {
+    /// The server's error code, when the server sent one.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            Failure::Driver(mysql_async::Error::Server(err)) => Some(err.code),
+            _ => None,
+        }
+    }
+
+    /// Whether the session is gone: the connection broke, the server ended
+    /// it, or no answer came.
+    pub fn ends_session(&self) -> bool {
+        match self {
+            Failure::Driver(err) => {
+                err.is_fatal()
+                    || self
+                        .code()
+                        .is_some_and(|c| SESSION_ENDING_CODES.contains(&c))
+            }
+            Failure::Silent(_) => true,
+        }
+    }
+
+    /// The error as one line; never contains the password (the driver is
+    /// never given the URL).
+    pub fn describe(&self) -> String {
+        match self {
+            Failure::Driver(mysql_async::Error::Server(err)) => {
+                format!("{} (error {})", err.message, err.code)
+            }
+            Failure::Driver(mysql_async::Error::Io(err)) => {
+                // The driver's own text repeats itself; its innermost cause
+                // says what happened.
+                let mut cause: &dyn std::error::Error = err;
+                while let Some(next) = cause.source() {
+                    cause = next;
+                }
+                format!("the connection failed: {cause}")
+            }
+            Failure::Driver(err) => err.to_string(),
+            Failure::Silent(deadline) => format!(
+                "no answer within {} (is the network or the server down?)",
+                humantime::format_duration(*deadline)
+            ),
+        }
+    }
+}
+
+/// Runs `request` on `runtime`, answered within `deadline` (`None`:
+/// without one).
+fn call<T>(
+    runtime: &Runtime,
+    deadline: Option<Duration>,
+    request: impl Future<Output = std::result::Result<T, mysql_async::Error>>,
+) -> std::result::Result<T, Failure> {
+    match deadline {
+        None => runtime.block_on(request).map_err(Failure::Driver),
+        Some(deadline) => {
+            match runtime.block_on(async { tokio::time::timeout(deadline, request).await }) {
+                Ok(answer) => answer.map_err(Failure::Driver),
+                Err(_) => Err(Failure::Silent(deadline)),
+            }
+        }
+    }
+}
+
+/// Who holds a named lock, as the server sees it.
+#[derive(Debug, Default)]
+pub(super) struct ServerHolder {
+    /// `IS_USED_LOCK`: the holder's connection id.
+    pub connection_id: u64,
+    /// From `information_schema.PROCESSLIST`, when this account may see
+    /// that session (its own, or any with the PROCESS privilege).
+    pub user: Option<String>,
+    pub host: Option<String>,
+    pub db: Option<String>,
+}
+
+impl ServerHolder {
+    /// "MySQL connection id 42, user bot, client 10.0.0.5:5000, database app"
+    pub fn describe(&self) -> String {
+        let mut text = format!("MySQL connection id {}", self.connection_id);
+        match (&self.user, &self.host) {
+            (Some(user), Some(host)) => text.push_str(&format!(", user {user}, client {host}")),
+            _ => text.push_str(
+                ", its user and client not visible to this account (that needs the PROCESS privilege)",
+            ),
+        }
+        if let Some(db) = &self.db {
+            text.push_str(&format!(", database {db}"));
+        }
+        text
+    }
+}
+
+/// A connected session, used by one holder (or one status query) only.
+pub(super) struct Session {
+    runtime: Runtime,
+    conn: Option<Conn>,
+    /// `CONNECTION_ID()`.
+    id: u64,
+    location: String,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Connects a fresh session that the server ends once it has sat idle
+    /// for `idle_limit` (`wait_timeout`, `interactive_timeout`, whole
+    /// seconds, rounded up), and refuses a read-only server and Galera.
+    pub fn open(target: &Target, idle_limit: Duration) -> Result<Session> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| {
+                Error::unavailable("cannot start the MySQL driver's runtime").with_source(err)
+            })?;
+        let opts = OptsBuilder::default()
+            .ip_or_hostname(target.host.clone())
+            .tcp_port(target.port)
+            .user(Some(target.user.clone()))
+            .pass(target.password.clone())
+            .db_name(target.database.clone())
+            .prefer_socket(false)
+            .tcp_keepalive(Some(KEEPALIVE_IDLE))
+            .tcp_nodelay(true)
+            // Affected rows count the rows matched, changed or not.
+            .client_found_rows(true)
+            .stmt_cache_size(0);
+        let conn = call(&runtime, Some(CONNECT_TIMEOUT), Conn::new(opts)).map_err(|failure| {
+            Error::unavailable(format!(
+                "cannot connect to MySQL at {}: {}",
+                target.location,
+                failure.describe()
+            ))
+        })?;
+        let mut session = Session {
+            runtime,
+            conn: Some(conn),
+            id: 0,
+            location: target.location.clone(),
+        };
+        session.configure(idle_limit)?;
+        Ok(session)
+    }
+
+    fn conn(&mut self) -> (&Runtime, &mut Conn) {
+        (
+            &self.runtime,
+            self.conn
+                .as_mut()
+                .expect("the connection is there until closed"),
+        )
+    }
+
+    /// The session's timeouts, and the checks of the server.
+    fn configure(&mut self, idle_limit: Duration) -> Result<()> {
+        let seconds = idle_limit.as_secs() + u64::from(idle_limit.subsec_nanos() > 0);
+        let seconds = seconds.clamp(1, 31_536_000);
+        self.execute(&format!(
+            "SET SESSION wait_timeout = {seconds}, SESSION interactive_timeout = {seconds}"
+        ))
+        .map_err(|failure| self.error("configuring the session", failure))?;
+        let (id, read_only): (u64, i64) = self
+            .query_first("SELECT CONNECTION_ID(), @@global.read_only")
+            .map_err(|failure| self.error("checking the server", failure))?
+            .ok_or_else(|| self.error_text("checking the server", "no answer row"))?;
+        self.id = id;
+        // MySQL's super_read_only implies read_only, but it is cheap to ask.
+        let super_read_only = self.variable("@@global.super_read_only")?;
+        if read_only != 0 || super_read_only.is_some_and(|v| v != "0" && v != "OFF") {
+            return Err(Error::unsafe_(format!(
+                "refusing the MySQL server at {}: it is read-only (@@read_only or @@super_read_only is on: a replica?), and named locks are not replicated, so a lock taken there excludes nobody; connect to the primary",
+                self.location
+            )));
+        }
+        let wsrep = self.variable("@@global.wsrep_on")?;
+        if wsrep.is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("ON")) {
+            return Err(Error::unsafe_(format!(
+                "refusing the MySQL server at {}: it is a Galera cluster node (wsrep_on is ON), where GET_LOCK locks are node-local and exclude nobody on the other nodes",
+                self.location
+            )));
+        }
+        Ok(())
+    }
+
+    /// A global variable's value as text, `None` when this server does
+    /// not have it.
+    fn variable(&mut self, variable: &str) -> Result<Option<String>> {
+        match self.query_first::<(Option<String>,)>(&format!("SELECT CAST({variable} AS CHAR)")) {
+            Ok(row) => Ok(row.and_then(|(value,)| value)),
+            Err(failure) if failure.code() == Some(UNKNOWN_VARIABLE) => Ok(None),
+            Err(failure) => Err(self.error("checking the server", failure)),
+        }
+    }
+
+    /// This session's `CONNECTION_ID()`.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// `mysql://user@host:port/db`, for messages.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// A statement without result, answered within [`ANSWER_DEADLINE`].
+    pub fn execute(&mut self, sql: &str) -> std::result::Result<(), Failure> {
+        self.execute_within(ANSWER_DEADLINE, sql)
+    }
+
+    /// A statement without result, answered within `deadline`.
+    pub fn execute_within(
+        &mut self,
+        deadline: Duration,
+        sql: &str,
+    ) -> std::result::Result<(), Failure> {
+        let (runtime, conn) = self.conn();
+        call(runtime, Some(deadline), conn.query_drop(sql))
+    }
+
+    /// A statement with parameters, without result; its affected rows.
+    pub fn exec_within(
+        &mut self,
+        deadline: Duration,
+        sql: &str,
+        params: Vec<mysql_async::Value>,
+    ) -> std::result::Result<u64, Failure> {
+        let (runtime, conn) = self.conn();
+        call(runtime, Some(deadline), async {
+            conn.exec_drop(sql, params).await?;
+            Ok(conn.affected_rows())
+        })
+    }
+
+    /// A query's first row, answered within [`ANSWER_DEADLINE`].
+    pub fn query_first<T: mysql_async::prelude::FromRow + Send + 'static>(
+        &mut self,
+        sql: &str,
+    ) -> std::result::Result<Option<T>, Failure> {
+        let (runtime, conn) = self.conn();
+        call(runtime, Some(ANSWER_DEADLINE), conn.query_first(sql))
+    }
+
+    /// A query's rows, with parameters, answered within
+    /// [`ANSWER_DEADLINE`].
+    pub fn exec_rows<T: mysql_async::prelude::FromRow + Send + 'static>(
+        &mut self,
+        sql: &str,
+        params: Vec<mysql_async::Value>,
+    ) -> std::result::Result<Vec<T>, Failure> {
+        let (runtime, conn) = self.conn();
+        call(runtime, Some(ANSWER_DEADLINE), conn.exec(sql, params))
+    }
+
+    /// A query's rows, with parameters, answered within `deadline`.
+    pub fn exec_rows_within<T: mysql_async::prelude::FromRow + Send + 'static>(
+        &mut self,
+        deadline: Duration,
+        sql: &str,
+        params: Vec<mysql_async::Value>,
+    ) -> std::result::Result<Vec<T>, Failure> {
+        let (runtime, conn) = self.conn();
+        call(runtime, Some(deadline), conn.exec(sql, params))
+    }
+
+    /// Takes the named lock `lock` (already mapped, see `lock_name_for`):
+    /// true when taken, false when someone else holds it (at the
+    /// deadline). A wait is `GET_LOCK` in the server, re-armed every
+    /// [`WAIT_ROUND`]; `KILL QUERY` of this session ends it with an error.
+    pub fn get_lock(&mut self, lock: &str, wait: Wait) -> Result<bool> {
+        let deadline = match wait {
+            Wait::No => return self.get_lock_round(lock, Duration::ZERO),
+            Wait::Until(deadline) => deadline,
+        };
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let round = left.unwrap_or(WAIT_ROUND).min(WAIT_ROUND);
+            if self.get_lock_round(lock, round)? {
+                return Ok(true);
+            }
+            if left.is_some_and(|left| left <= round) {
+                return Ok(false);
+            }
+        }
+    }
+
+    fn get_lock_round(&mut self, lock: &str, round: Duration) -> Result<bool> {
+        let sql = format!(
+            "SELECT GET_LOCK('{}', {}.{:03})",
+            literal(lock),
+            round.as_secs(),
+            round.subsec_millis()
+        );
+        let got: Option<(Option<i64>,)> = {
+            let (runtime, conn) = self.conn();
+            call(
+                runtime,
+                Some(round.saturating_add(ANSWER_DEADLINE)),
+                conn.query_first(sql),
+            )
+        }
+        .map_err(|failure| self.error("taking the lock", failure))?;
+        match got.and_then(|(got,)| got) {
+            Some(1) => Ok(true),
+            Some(_) => Ok(false),
+            None => Err(Error::unavailable(format!(
+                "MySQL at {} ended the wait for lock '{lock}' (GET_LOCK returned NULL: the statement was killed)",
+                self.location
+            ))),
+        }
+    }
+
+    /// Who holds the named lock `lock`, as the server sees it: `None` when
+    /// free.
+    pub fn holder(&mut self, lock: &str) -> Result<Option<ServerHolder>> {
+        let used: Option<(Option<u64>,)> = self
+            .query_first(&format!("SELECT IS_USED_LOCK('{}')", literal(lock)))
+            .map_err(|failure| self.error("reading who holds the lock", failure))?;
+        let Some(connection_id) = used.and_then(|(id,)| id) else {
+            return Ok(None);
+        };
+        let rows: Vec<(Option<String>, Option<String>, Option<String>)> = self
+            .exec_rows(
+                "SELECT USER, HOST, DB FROM information_schema.PROCESSLIST WHERE ID = ?",
+                vec![connection_id.into()],
+            )
+            .map_err(|failure| self.error("reading the process list", failure))?;
+        let (user, host, db) = rows.into_iter().next().unwrap_or_default();
+        Ok(Some(ServerHolder {
+            connection_id,
+            user,
+            host,
+            db,
+        }))
+    }
+
+    /// One heartbeat, answered within `deadline`: the server still shows
+    /// the lock held by this very session, and is not read-only. `Err` is
+    /// why the lock must be considered lost.
+    pub fn beat(&mut self, lock: &str, deadline: Duration) -> std::result::Result<(), String> {
+        let sql = format!(
+            "SELECT IS_USED_LOCK('{}'), CONNECTION_ID(), @@global.read_only",
+            literal(lock)
+        );
+        let answer: std::result::Result<Option<(Option<u64>, u64, i64)>, Failure> = {
+            let (runtime, conn) = self.conn();
+            call(runtime, Some(deadline), conn.query_first(sql))
+        };
+        match answer {
+            Err(Failure::Silent(_)) => Err(format!(
+                "no heartbeat answer from MySQL at {} within the heartbeat deadline: the network or the server may be down, and the server drops a silent session, and its lock, soon after",
+                self.location
+            )),
+            Err(failure) => Err(format!(
+                "the MySQL session holding the lock failed ({}); the lock must be considered gone",
+                failure.describe()
+            )),
+            Ok(Some((_, id, _))) if id != self.id => Err(format!(
+                "the MySQL session of the lock changed from connection id {} to {id} (a proxy that reconnects?); the lock must be considered gone",
+                self.id
+            )),
+            Ok(Some((_, _, read_only))) if read_only != 0 => Err(format!(
+                "the MySQL server at {} became read-only (a failover?); named locks are not replicated, so the lock is gone",
+                self.location
+            )),
+            Ok(Some((Some(holder), _, _))) if holder == self.id => Ok(()),
+            Ok(Some((holder, _, _))) => Err(format!(
+                "the MySQL server no longer shows lock '{lock}' as held by this session (connection id {}; IS_USED_LOCK says {})",
+                self.id,
+                holder.map_or("nobody".to_owned(), |h| h.to_string())
+            )),
+            Ok(None) => Err("the MySQL heartbeat got no answer row".to_owned()),
+        }
+    }
+
+    /// Releases the named lock, answered by `deadline` (a server that says
+    /// it was not held is logged).
+    pub fn release_lock(&mut self, lock: &str, deadline: Instant) -> Result<()> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let released: Option<(Option<i64>,)> = {
+            let (runtime, conn) = self.conn();
+            call(
+                runtime,
+                Some(left),
+                conn.query_first(format!("SELECT RELEASE_LOCK('{}')", literal(lock))),
+            )
+        }
+        .map_err(|failure| self.error("releasing the lock", failure))?;
+        if released.and_then(|(r,)| r) != Some(1) {
+            log::warn!(
+                "MySQL at {} says lock '{lock}' was not held by this session at release",
+                self.location
+            );
+        }
+        Ok(())
+    }
+
+    /// Ends the session: the server then frees whatever it still holds.
+    pub fn close(mut self) {
+        if let Some(conn) = self.conn.take()
+            && call(&self.runtime, Some(CLOSE_DEADLINE), conn.disconnect()).is_err()
+        {
+            log::debug!("closing the MySQL session timed out or failed; dropping its socket");
+        }
+    }
+
+    /// Drops the session without a goodbye, for one already known to be
+    /// lost: closing the socket ends the session at the server, if the
+    /// server can still hear it.
+    pub fn abandon(mut self) {
+        drop(self.conn.take());
+        let Session { runtime, .. } = self;
+        runtime.shutdown_background();
+    }
+
+    /// An error from a statement of this session, as one line.
+    pub fn error(&self, doing: &str, failure: Failure) -> Error {
+        let error = Error::unavailable(format!(
+            "MySQL at {} failed while {doing}: {}",
+            self.location,
+            failure.describe()
+        ))
+        .ending_session(failure.ends_session());
+        // The description has what the driver's error says (its own text
+        // would repeat the server's message), so it is not attached.
+        error
+    }
+
+    fn error_text(&self, doing: &str, what: &str) -> Error {
+        Error::unavailable(format!(
+            "MySQL at {} failed while {doing}: {what}",
+            self.location
+        ))
+    }
+}
+
+/// `text` inside a single-quoted SQL string. Lock names mapped by onlyone
+/// are only `A-Z a-z 0-9 . _ - @ /`; anything else is escaped anyway.
+pub(super) fn literal(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\'', "''")
+}

@@ -1,0 +1,112 @@
+//! `stop` and `--replace` on MySQL/MariaDB: end the session of the lock's
+//! holder (`KILL CONNECTION`), but only of a holder identified as an
+//! onlyone holder; and `wait`, which watches `IS_USED_LOCK`.
+
+use std::time::Duration;
+
+use super::session::{ANSWER_DEADLINE, Session};
+use super::{MysqlBackend, holder_of, table};
+use crate::backend::wait::{Round, rounds};
+use crate::backend::{HolderId, Stop, Wait};
+use crate::error::{Error, Result};
+use crate::name::LockName;
+
+/// ER_NO_SUCH_THREAD: the connection to kill is gone already.
+const NO_SUCH_THREAD: u16 = 1094;
+
+impl MysqlBackend {
+    /// Ends the session that holds `name`'s lock. Only a session that the
+    /// state row names is ended: the row says 'held' with that session's
+    /// connection id, and `IS_USED_LOCK` shows that session holding the
+    /// lock, checked again in the statement that marks the row. Anything
+    /// else holding the name (another program, a `mariadb` session, an
+    /// onlyone holder still starting) is refused, never ended. With
+    /// `expected`, only that holder is ended: another one is
+    /// [`Stop::Changed`] and left alone.
+    pub(super) fn kill_holder(
+        &self,
+        session: &mut Session,
+        name: &LockName,
+        expected: Option<&HolderId>,
+    ) -> Result<Stop> {
+        let lock_name = self.lock_name_for(name);
+        let Some(server) = session.holder(&lock_name)? else {
+            return Ok(Stop::Free);
+        };
+        let row = table::row(session, &lock_name)?;
+        let holder = holder_of(&server, row.as_ref());
+        if expected.is_some_and(|expected| holder.id().as_ref() != Some(expected)) {
+            return Ok(Stop::Changed(holder));
+        }
+        let identified = row
+            .as_ref()
+            .filter(|row| row.held && row.connection_id == Some(server.connection_id));
+        let Some(row) = identified else {
+            return Err(Error::unsafe_(format!(
+                "cannot identify the holder of lock '{name}' safely ({holder}); stop it by hand"
+            )));
+        };
+        // The mark names the holder's token, so that a starter ended during
+        // its lock-delay gives up instead of starting over; it is made only
+        // while the row still names that session and the server still shows
+        // that session holding the lock. Connection ids are not reused
+        // while the server runs, so the kill that follows ends that session
+        // or nothing.
+        let marked = session
+            .exec_within(
+                ANSWER_DEADLINE,
+                "UPDATE onlyone_locks SET stopped_token = token \
+                 WHERE lock_name = ? AND state = 'held' AND token = ? AND connection_id = ? \
+                   AND IS_USED_LOCK(?) = ?",
+                vec![
+                    lock_name.clone().into(),
+                    row.token.into(),
+                    server.connection_id.into(),
+                    lock_name.clone().into(),
+                    server.connection_id.into(),
+                ],
+            )
+            .map_err(|failure| session.error("marking the holder stopped", failure))?;
+        if marked == 0 {
+            return Err(Error::unsafe_(format!(
+                "the holder of lock '{name}' changed while it was being identified; nothing was stopped"
+            )));
+        }
+        match session.execute(&format!("KILL CONNECTION {}", server.connection_id)) {
+            Ok(()) => Ok(Stop::Signalled(holder)),
+            Err(failure) if failure.code() == Some(NO_SUCH_THREAD) => Ok(Stop::Signalled(holder)),
+            Err(failure) => Err(session.error("ending the holder's session", failure)),
+        }
+    }
+
+    /// Whether `stop` marked the acquisition `token` of `lock_name`
+    /// stopped; asked on a session of its own.
+    pub(super) fn was_stopped(&self, lock_name: &str, token: u64) -> Result<bool> {
+        let mut session = Session::open(&self.target, self.idle_limit())?;
+        let stopped = table::stopped_token(&mut session, lock_name);
+        session.close();
+        Ok(stopped? == Some(token))
+    }
+
+    /// Waits until nobody holds `name`'s lock, checking `IS_USED_LOCK`
+    /// every heartbeat interval on one session (taking the lock to find
+    /// out would make a real starter fail).
+    pub(super) fn watch_free(&self, name: &LockName, timeout: Option<Duration>) -> Result<bool> {
+        let lock_name = self.lock_name_for(name);
+        let mut session = Session::open(&self.target, self.idle_limit())?;
+        let interval = self.config.timing.heartbeat;
+        let free = rounds(
+            Wait::at_most(timeout),
+            || (),
+            |_, left| std::thread::sleep(left.min(interval)),
+            || {
+                Ok(match session.holder(&lock_name)? {
+                    Some(_) => Round::Pending(()),
+                    None => Round::Done(()),
+                })
+            },
+        );
+        session.close();
+        Ok(free?.is_ok())
+    }
+}
