@@ -31,10 +31,19 @@ struct Params {
     /// T: the holder declares the lock lost this long after the send time of
     /// its last successful heartbeat.
     deadline: u8,
-    /// G: SIGTERM, then SIGKILL this much later.
-    grace: u8,
-    /// D: the lock-delay after an unclean loss.
-    lock_delay: u8,
+    /// G of each contender: SIGTERM, then SIGKILL this much later.
+    graces: [u8; MAX_CONTENDERS],
+    /// D of each contender: its own lock-delay after an unclean loss.
+    lock_delays: [u8; MAX_CONTENDERS],
+    /// Each holder records its T + G in the row, and a successor waits at
+    /// least that plus `margin` (production: 2 s). Off: a successor waits
+    /// its own D alone, as when every holder has the same T and G.
+    record_bound: bool,
+    margin: u8,
+    /// The row carries the largest T + G + margin of every holder since
+    /// the last clean release (`owed_ms`); without it, a successor owes
+    /// only its immediate predecessor's (the bug of issue 9, item 1).
+    carry_owed: bool,
     faults: Faults,
     /// The unsafe variant: measure the deadline from the *reply* to the last
     /// successful heartbeat instead of its send time.
@@ -103,8 +112,11 @@ impl Params {
             attempts: 2,
             heartbeat: 1,
             deadline: 3,
-            grace: 5,
-            lock_delay: 10,
+            graces: [5; MAX_CONTENDERS],
+            lock_delays: [10; MAX_CONTENDERS],
+            record_bound: true,
+            margin: 2,
+            carry_owed: true,
             faults: Faults {
                 partition: true,
                 server_restart: true,
@@ -143,6 +155,26 @@ impl Params {
         }
     }
 
+    /// Every contender with lock-delay `delay`.
+    fn with_lock_delay(self, delay: u8) -> Params {
+        Params {
+            lock_delays: [delay; MAX_CONTENDERS],
+            ..self
+        }
+    }
+
+    /// Contender A with kill grace `long`, the others with `short`; each
+    /// with the default lock-delay for its own grace, T + G + margin.
+    fn with_graces(self, long: u8, short: u8) -> Params {
+        let mut graces = [short; MAX_CONTENDERS];
+        graces[0] = long;
+        Params {
+            graces,
+            lock_delays: graces.map(|grace| self.deadline + grace + self.margin),
+            ..self
+        }
+    }
+
     /// Ages above this behave alike: a heartbeat older than the deadline
     /// proves nothing useful, and one older than the interval is due.
     fn age_cap(&self) -> u8 {
@@ -150,12 +182,28 @@ impl Params {
     }
 }
 
-/// The committed state row: whether the last holder left uncleanly, and the
-/// last fencing token handed out.
+/// The committed state row: whether the last holder left uncleanly, the
+/// last fencing token handed out, the last holder's T + G, and the bound
+/// its successor owes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Row {
     held: bool,
     token: u8,
+    stop_within: u8,
+    owed: u8,
+}
+
+impl Row {
+    /// The row rewritten by a clean release. (What a successor owes is
+    /// read only from a row that says 'held': zero here, so that rows that
+    /// behave alike are one.)
+    fn released(self) -> Row {
+        Row {
+            held: false,
+            owed: 0,
+            ..self
+        }
+    }
 }
 
 /// Where a contender's supervisor is in one attempt.
@@ -193,6 +241,9 @@ enum Heartbeat {
 struct Contender {
     phase: Phase,
     attempts_left: u8,
+    /// Its kill grace G and its own lock-delay D.
+    grace: u8,
+    own_delay: u8,
     /// Client and server can reach each other.
     link_up: bool,
     /// Its lock session is alive on the server, and so holds the lock (only
@@ -242,8 +293,8 @@ impl Hash for Contender {
             self.since_ok,
             self.since_send,
             heartbeat,
-            0,
-            0,
+            self.grace,
+            self.own_delay,
             0,
             0,
             0,
@@ -252,10 +303,12 @@ impl Hash for Contender {
 }
 
 impl Contender {
-    fn new(attempts: u8) -> Contender {
+    fn new(attempts: u8, grace: u8, own_delay: u8) -> Contender {
         Contender {
             phase: Phase::Waiting,
             attempts_left: attempts,
+            grace,
+            own_delay,
             link_up: true,
             session: false,
             paused: false,
@@ -472,10 +525,14 @@ enum Violation {
 impl State {
     fn initial(p: &Params) -> State {
         State {
-            contenders: [Contender::new(p.attempts); MAX_CONTENDERS],
+            contenders: std::array::from_fn(|i| {
+                Contender::new(p.attempts, p.graces[i], p.lock_delays[i])
+            }),
             row: Row {
                 held: false,
                 token: 0,
+                stop_within: 0,
+                owed: 0,
             },
             standby_row: None,
             fence_token: 0,
@@ -652,9 +709,30 @@ impl State {
                 // The grant, the token increment and `state='held'` in one
                 // committed transaction on the lock session. Its send time
                 // counts as the first successful heartbeat.
+                // After an unclean release, the new holder owes the last
+                // holder's T + G + margin and, with the carry, the bound that
+                // holder owed in turn; it waits that or its own D, whichever
+                // is longer, counted from its own acquisition.
                 let token = s.row.token + 1;
-                let left = if s.row.held { p.lock_delay } else { 0 };
-                s.commit(p, Row { held: true, token });
+                let c = s.contenders[i];
+                let previous = if p.record_bound {
+                    s.row.stop_within + p.margin
+                } else {
+                    0
+                };
+                let owed = match (s.row.held, p.carry_owed) {
+                    (false, _) => 0,
+                    (true, false) => previous,
+                    (true, true) => s.row.owed.max(previous),
+                };
+                let left = if s.row.held { c.own_delay.max(owed) } else { 0 };
+                let row = Row {
+                    held: true,
+                    token,
+                    stop_within: p.deadline + c.grace,
+                    owed: if p.carry_owed { owed } else { 0 },
+                };
+                s.commit(p, row);
                 s.max_token_issued = s.max_token_issued.max(token);
                 if p.writes != Writes::None {
                     s.acquisitions += 1;
@@ -695,10 +773,10 @@ impl State {
                     };
                     c.heartbeat = Heartbeat::Idle;
                 } else {
-                    s.lose(p, i);
+                    s.lose(i);
                 }
             }
-            Event::HeartbeatErrs(i) | Event::DeadlinePassed(i) => s.lose(p, i),
+            Event::HeartbeatErrs(i) | Event::DeadlinePassed(i) => s.lose(i),
             Event::Kill(i) => {
                 s.close_session(i);
                 s.end_attempt(i);
@@ -708,13 +786,7 @@ impl State {
                 if c.phase == Phase::Running && c.link_up && c.session {
                     // Clean release: `state='released'`, committed on the
                     // lock session, then unlock.
-                    s.commit(
-                        p,
-                        Row {
-                            held: false,
-                            token: s.row.token,
-                        },
-                    );
+                    s.commit(p, s.row.released());
                 }
                 s.close_session(i);
                 s.end_attempt(i);
@@ -750,13 +822,7 @@ impl State {
                 // 'released': an earlier holder's command may still run.
                 let c = s.contenders[i];
                 if p.give_up_releases && c.link_up && c.session {
-                    s.commit(
-                        p,
-                        Row {
-                            held: false,
-                            token: s.row.token,
-                        },
-                    );
+                    s.commit(p, s.row.released());
                 }
                 s.close_session(i);
                 s.end_attempt(i);
@@ -777,7 +843,7 @@ impl State {
     }
 
     /// The holder noticed that it may have lost the lock.
-    fn lose(&mut self, p: &Params, i: usize) {
+    fn lose(&mut self, i: usize) {
         match self.contenders[i].phase {
             Phase::Delaying { .. } => {
                 self.close_session(i);
@@ -786,7 +852,7 @@ impl State {
             Phase::Running => {
                 let c = &mut self.contenders[i];
                 c.phase = Phase::Stopping {
-                    grace_left: p.grace,
+                    grace_left: c.grace,
                 };
                 c.heartbeat = Heartbeat::Idle;
             }
@@ -820,7 +886,7 @@ impl State {
                 Phase::Done
             },
             session: c.session,
-            ..Contender::new(c.attempts_left)
+            ..Contender::new(c.attempts_left, c.grace, c.own_delay)
         };
     }
 
@@ -926,9 +992,10 @@ impl Counterexample {
                 .collect();
             let row = if state.row.held { "held" } else { "released" };
             println!(
-                "  t={time:<3} {event:<26} {} | row {row}, token {}",
+                "  t={time:<3} {event:<26} {} | row {row}, token {}, owed {}",
                 contenders.join(" | "),
-                state.row.token
+                state.row.token,
+                state.row.owed
             );
         }
     }
@@ -1071,13 +1138,18 @@ fn replay(p: &Params, violation: Violation, events: &[Event]) -> Counterexample 
 
 fn report(p: &Params, found: &Exploration, started: Instant) {
     println!(
-        "{} contenders x {} attempts, heartbeat {} T {} G {} D {}: {} states, {} transitions in {:.2?}{}",
+        "{} contenders x {} attempts, heartbeat {} T {} G {:?} D {:?}{}: {} states, {} transitions in {:.2?}{}",
         p.contenders,
         p.attempts,
         p.heartbeat,
         p.deadline,
-        p.grace,
-        p.lock_delay,
+        &p.graces[..p.contenders],
+        &p.lock_delays[..p.contenders],
+        if p.carry_owed {
+            ""
+        } else {
+            " (bound not carried)"
+        },
         found.states,
         found.transitions,
         started.elapsed(),
@@ -1163,7 +1235,9 @@ fn three_contenders_keep_one_command_under_every_fault() {
 #[test]
 fn smallest_lock_delay_above_deadline_plus_grace_is_safe() {
     let mut p = Params::defaults();
-    p.lock_delay = p.deadline + p.grace + 1;
+    // The wait is D alone.
+    p.record_bound = false;
+    p = p.with_lock_delay(p.deadline + p.graces[0] + 1);
     assert_holds(&explore(&p), 50_000);
 }
 
@@ -1173,7 +1247,8 @@ fn smallest_lock_delay_above_deadline_plus_grace_is_safe() {
 fn no_lock_delay_overlaps_after_a_partition() {
     let mut p = Params::defaults().without_faults();
     p.faults.partition = true;
-    p.lock_delay = 0;
+    p.record_bound = false;
+    p = p.with_lock_delay(0);
     let found = explore(&p);
     let trace = assert_violation(&found, Violation::TwoCommandsRunning);
     assert!(trace.events().any(|e| e == Event::Partition(0)));
@@ -1192,12 +1267,13 @@ fn lock_delay_equal_to_deadline_plus_grace_overlaps_after_a_partition() {
     // One handover is enough to show it.
     p.attempts = 1;
     p.faults.partition = true;
-    p.lock_delay = p.deadline + p.grace;
+    p.record_bound = false;
+    p = p.with_lock_delay(p.deadline + p.graces[0]);
     let found = explore(&p);
     let trace = assert_violation(&found, Violation::TwoCommandsRunning);
     assert!(trace.events().any(|e| e == Event::Partition(0)));
     let ticks = trace.events().filter(|&e| e == Event::Tick).count();
-    assert_eq!(ticks, usize::from(p.lock_delay));
+    assert_eq!(ticks, usize::from(p.lock_delays[0]));
 }
 
 /// A paused supervisor cannot stop its command, whatever D is: the lock
@@ -1320,4 +1396,36 @@ fn failover_that_loses_commits_breaks_tokens_and_exclusion() {
 
     p.check_tokens = false;
     assert_violation(&explore(&p), Violation::TwoCommandsRunning);
+}
+
+/// Issue 9, item 1: holders with different kill graces. A (G = 5) loses its
+/// session; B (G = 1) takes the lock and waits A's bound, but gives up
+/// during that wait; C (G = 1) owes only B's bound when the row does not
+/// carry A's, and starts while A's command still runs.
+#[test]
+fn chain_of_unclean_holders_overlaps_without_carrying_the_bound() {
+    let mut p = Params::defaults().without_faults().with_graces(5, 1);
+    p.contenders = 3;
+    p.attempts = 1;
+    p.faults.terminate = true;
+    p.faults.give_up = true;
+    p.carry_owed = false;
+    let found = explore(&p);
+    let trace = assert_violation(&found, Violation::TwoCommandsRunning);
+    assert!(trace.events().any(|e| matches!(e, Event::GiveUp(_))));
+    assert!(trace.events().any(|e| matches!(e, Event::Terminate(_))));
+}
+
+/// ...and carrying the largest bound of every unclean holder since the last
+/// clean release keeps one command, under every fault but pause, three
+/// holders in a row.
+#[test]
+fn chain_of_unclean_holders_with_mixed_graces_keeps_one_command() {
+    let mut p = Params::defaults().with_graces(5, 1);
+    p.contenders = 3;
+    p.attempts = 1;
+    let found = explore(&p);
+    assert_holds(&found, 50_000);
+    assert!(found.happened(Kind::GiveUp));
+    assert!(found.delayed_acquisitions > 0);
 }

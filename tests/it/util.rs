@@ -4,11 +4,38 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
+
+use onlyone::internals;
+
+/// Returns early from a test of what only Linux's own path does (abstract
+/// sockets, /proc, bind mounts, namespaces, a subreaper), saying why, when
+/// the suite runs on the portable path (`RUSTFLAGS='--cfg onlyone_portable'`,
+/// as `scripts/test` does a second time).
+macro_rules! linux_only {
+    ($reason:literal) => {
+        if cfg!(onlyone_portable) {
+            eprintln!("skipped on the portable path: {}", $reason);
+            return;
+        }
+    };
+}
+
+/// Returns early from a test of what only the portable path has (the
+/// holder's socket as a file in the lock directory), saying why, on
+/// Linux's own path.
+macro_rules! portable_only {
+    ($reason:literal) => {
+        if !cfg!(onlyone_portable) {
+            eprintln!("skipped on Linux's own path: {}", $reason);
+            return;
+        }
+    };
+}
 
 /// The longest any single event in a test may take before the test fails.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -108,6 +135,11 @@ impl Running {
     /// Waits for a stdout line equal to `expected`; fails on EOF or timeout.
     pub fn expect_stdout_line(&mut self, expected: &str) {
         self.stdout.expect_line(|line| line == expected, expected);
+    }
+
+    /// Waits for the next stdout line, whatever it says.
+    pub fn expect_stdout_any(&mut self) -> String {
+        self.stdout.expect_line(|_| true, "any line")
     }
 
     /// Waits for a stdout line equal to `expected`: true when it came, false
@@ -261,39 +293,25 @@ pub fn code(status: ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
+/// Asserts that `out` exited with `expected` (as [`code`] counts), and
+/// shows its stderr when it did not.
+#[track_caller]
+pub fn assert_exit(out: &Output, expected: i32) {
+    assert_eq!(code(out.status), expected, "stderr: {}", stderr(out));
+}
+
 /// The text of a process's stderr.
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// True when a process with this pid exists (zombies included).
+/// True when a process with this pid exists and is not a zombie.
 pub fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|stat| {
-                stat.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(true)
+    internals::stat_field(pid, 3).is_some_and(|state| state != "Z")
 }
 
-/// The children of `pid`.
-pub fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
-        .flat_map(|list| {
-            list.split_whitespace()
-                .filter_map(|pid| pid.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
-}
+/// The children of `pid`: the library's own reading of /proc.
+pub use onlyone::internals::children_of;
 
 /// Waits until process `pid` (not necessarily our child) has exited and its
 /// descriptors are closed: a pidfd becomes readable then.

@@ -13,7 +13,7 @@ use std::fs;
 use std::hash::{BuildHasher, RandomState};
 use std::io::ErrorKind;
 use std::net::TcpListener;
-use std::os::unix::fs::chown;
+use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::{Path, PathBuf};
 use std::process::{self, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -21,6 +21,14 @@ use std::sync::OnceLock;
 /// Starting on a random port can collide with another process; after this
 /// many collisions something else is wrong.
 const START_ATTEMPTS: usize = 5;
+
+/// What a TLS cluster presents and trusts, as PEM text.
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// The CA whose client certificates the server accepts.
+    pub client_ca_pem: String,
+}
 
 /// A running (or deliberately stopped) PostgreSQL cluster, removed on drop.
 pub struct PgCluster {
@@ -42,11 +50,43 @@ impl PgCluster {
     /// Starts a fresh cluster with extra server settings, e.g.
     /// `&[("max_connections", "5")]`.
     pub fn start_with(settings: &[(&str, &str)]) -> PgCluster {
+        let mut cluster = PgCluster::initdb(settings);
+        cluster.start_on_free_port();
+        cluster
+    }
+
+    /// Starts a fresh cluster with `ssl = on`, the certificate and key of
+    /// `tls`, `tls.client_ca_pem` as the CA of client certificates, and
+    /// `hba` as its whole pg_hba.conf (e.g. `hostssl … cert` and
+    /// `hostnossl … reject` lines).
+    pub fn start_tls(tls: &ServerTls, hba: &str) -> PgCluster {
+        let mut cluster = PgCluster::initdb(&[]);
+        let files = [
+            ("server.crt", &tls.cert_pem, "ssl_cert_file"),
+            ("server.key", &tls.key_pem, "ssl_key_file"),
+            ("client-ca.crt", &tls.client_ca_pem, "ssl_ca_file"),
+        ];
+        for (name, text, setting) in files {
+            let path = cluster.root.join(name);
+            // The server refuses a key that others may read.
+            cluster.write_server_file(&path, text);
+            cluster
+                .settings
+                .push((setting.to_owned(), path.to_string_lossy().into_owned()));
+        }
+        cluster.settings.push(("ssl".to_owned(), "on".to_owned()));
+        cluster.write_server_file(&cluster.data_dir().join("pg_hba.conf"), hba);
+        cluster.start_on_free_port();
+        cluster
+    }
+
+    /// A fresh data dir from initdb, not started.
+    fn initdb(settings: &[(&str, &str)]) -> PgCluster {
         let settings = settings
             .iter()
             .map(|(name, value)| (name.to_string(), value.to_string()))
             .collect();
-        let mut cluster = PgCluster::in_new_temp_dir(settings);
+        let cluster = PgCluster::in_new_temp_dir(settings);
         let initdb = cluster
             .server_program("initdb")
             .arg("-D")
@@ -57,8 +97,16 @@ impl PgCluster {
         if let Err(error) = succeeded(initdb) {
             panic!("initdb failed: {error}");
         }
-        cluster.start_on_free_port();
         cluster
+    }
+
+    /// Writes `text` to `path` as a file of the server user, mode 0600.
+    fn write_server_file(&self, path: &Path, text: &str) {
+        fs::write(path, text).expect("write a server file");
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod a server file");
+        if let Some(user) = server_user() {
+            chown(path, Some(user.uid), Some(user.gid)).expect("chown a server file");
+        }
     }
 
     /// Starts a streaming-replication standby of this cluster, on its own

@@ -1,0 +1,208 @@
+//! Attacks on the MySQL/MariaDB backend (issue 16, first landing): each
+//! test is a finding or a probe of a case that held. Every protected
+//! command proves it runs alone with a non-blocking flock(1) on a witness
+//! file (mysql_run.rs's `witnessed`): a second one at once exits 99.
+
+#![cfg(feature = "mysql")]
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use crate::mysql_run::{
+    KillOnDrop, client, holder_connection, lock_name_in, run, run_args, server, sql, start, unique,
+    url, witnessed,
+};
+use crate::util::{TestEnv, assert_exit, code, stderr};
+
+/// The test server's URL with its database replaced by `db`, which is
+/// created when missing.
+fn other_database(db_suffix: &str) -> String {
+    let base = url();
+    let target = server(&base);
+    let db = format!("{}_{db_suffix}", target.db);
+    sql(&base, &format!("CREATE DATABASE IF NOT EXISTS `{db}`"));
+    format!(
+        "mysql://{}@{}:{}/{db}",
+        target.user, target.host, target.port
+    )
+}
+
+/// Finding (two at once): named locks belong to the whole server, but the
+/// state row (tokens, `held`, the owed lock-delay) lives in the URL's
+/// database. A holder through database A whose supervisor was frozen (its
+/// command still ran) lost its session at wait_timeout; the next holder
+/// of the same name through database B found no `held` row in B's table
+/// and started at once, while the frozen holder's command still ran. The
+/// lock name now includes the database (`onlyone/<db>/<name>`): one name
+/// in two databases is two locks with two state rows, as PostgreSQL's
+/// advisory locks are per database. A holder through B starts while the
+/// one through A holds (on the old mapping it found the lock held, 75),
+/// and each database's holder holds its own server lock.
+#[test]
+fn mysql_attack_one_name_in_two_databases_is_two_locks() {
+    let env = TestEnv::new();
+    let name = unique("my-two-db");
+    let other = other_database("attack_other");
+    assert_ne!(lock_name_in(&url(), &name), lock_name_in(&other, &name));
+    let mut first = start(
+        &env,
+        &run_args(&url(), &name, &[], "echo ready; exec sleep 1000"),
+    );
+    first.expect_stdout_line("ready");
+    let connection = holder_connection(&url(), &name);
+    let mut second = start(
+        &env,
+        &run_args(&other, &name, &[], "echo next; exec sleep 1000"),
+    );
+    second.expect_stdout_line("next");
+    let second_connection = holder_connection(&other, &name);
+    assert_ne!(second_connection, "NULL");
+    assert_ne!(second_connection, connection);
+    assert_eq!(holder_connection(&url(), &name), connection);
+    second.signal(libc::SIGTERM);
+    first.signal(libc::SIGTERM);
+    let (_, _, err) = second.finish();
+    assert_eq!(holder_connection(&other, &name), "NULL", "{err}");
+    let _ = first.finish();
+}
+
+/// Finding (data): the fencing tokens of one named lock restarted at 1 in
+/// another database's table ([1, 2, 1]), so a token no longer ordered the
+/// holders of the lock. Through two databases a name is now two locks
+/// (`ONLYONE_MYSQL_LOCK` names each), each with its own tokens.
+#[test]
+fn mysql_attack_tokens_of_one_name_count_per_database_lock() {
+    let env = TestEnv::new();
+    let name = unique("my-two-db-token");
+    let other = other_database("attack_other");
+    let script = "echo $ONLYONE_TOKEN $ONLYONE_MYSQL_LOCK";
+    let token = |target: &str| -> u64 {
+        let out = run(&env, &run_args(target, &name, &[], script));
+        assert_exit(&out, 0);
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let (token, lock) = text
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("no token in {text:?}: {}", stderr(&out)));
+        assert_eq!(lock, lock_name_in(target, &name));
+        token.parse().unwrap()
+    };
+    assert_eq!(token(&url()), 1);
+    assert_eq!(token(&other), 1);
+    assert_eq!(token(&url()), 2);
+    assert_eq!(token(&other), 2);
+}
+
+/// Held: `stop` through another database does not end the holder (there
+/// the name is another lock, which nobody holds) and says so.
+#[test]
+fn mysql_attack_stop_through_another_database_leaves_the_holder() {
+    let env = TestEnv::new();
+    let name = unique("my-two-db-stop");
+    let other = other_database("attack_other");
+    let mut holder = start(
+        &env,
+        &run_args(&url(), &name, &[], &witnessed(&env, "ready")),
+    );
+    holder.expect_stdout_line("ready");
+    let connection = holder_connection(&url(), &name);
+    let out = env.run(&["stop", "--mysql", &other, &name]);
+    assert_ne!(code(out.status), 0, "{}", stderr(&out));
+    assert_eq!(holder_connection(&url(), &name), connection);
+    eprintln!(
+        "stop through {other}: exit {:?}: {}",
+        code(out.status),
+        stderr(&out)
+    );
+}
+
+/// Finding (exit code): starters of different new names at once, on a
+/// fresh database or an existing table, took gap locks on the same gap
+/// (`SELECT … FOR UPDATE` of a missing row) and deadlocked on their
+/// inserts: "failed while recording the fencing token: Deadlock found
+/// when trying to get lock (error 1213)", exit 69, for about a third of
+/// them. The rolled-back transaction is now tried again.
+#[test]
+fn mysql_attack_new_names_started_at_once_do_not_deadlock() {
+    let env = TestEnv::new();
+    let db_url = other_database(&format!("attack_fresh_{}", std::process::id()));
+    sql(&db_url, "DROP TABLE IF EXISTS onlyone_locks");
+    for round in 0..3 {
+        let starters: Vec<_> = (0..8)
+            .map(|i| {
+                let name = format!("my-new-{round}-{i}");
+                start(&env, &run_args(&db_url, &name, &[], "true"))
+            })
+            .collect();
+        for starter in starters {
+            let (status, _, err) = starter.finish();
+            assert_eq!(code(status), 0, "round {round}: {err}");
+        }
+    }
+}
+
+/// A user allowed only on `db` (created with its database when missing);
+/// the URL through it.
+fn confined_user(user: &str, db: &str) -> String {
+    let base = url();
+    let target = server(&base);
+    sql(&base, &format!("CREATE DATABASE IF NOT EXISTS `{db}`"));
+    sql(&base, &format!("CREATE USER IF NOT EXISTS '{user}'@'%'"));
+    sql(&base, &format!("GRANT ALL ON `{db}`.* TO '{user}'@'%'"));
+    format!("mysql://{user}@{}:{}/{db}", target.host, target.port)
+}
+
+/// Finding (two at once): the check for another database's row saw only
+/// tables the account had a privilege on. Two accounts confined to two
+/// databases shared the server's named lock but not the row: a frozen
+/// holder through the first lost its session, and the second started
+/// without the lock-delay while the first's command still ran. With the
+/// database in the lock name they share no server lock: the second
+/// starts at once beside the first (on the old mapping: 75, held), and a
+/// `mariadb` session holding `onlyone/<db>/<name>` conflicts only with
+/// that database's holders.
+#[test]
+fn mysql_attack_two_confined_accounts_one_name_are_two_locks() {
+    let env = TestEnv::new();
+    let name = unique("my-two-users");
+    let base = server(&url()).db;
+    let first_url = confined_user("onlyone_attack_a", &format!("{base}_attack_a"));
+    let second_url = confined_user("onlyone_attack_b", &format!("{base}_attack_b"));
+    assert_ne!(
+        lock_name_in(&first_url, &name),
+        lock_name_in(&second_url, &name)
+    );
+    let mut first = start(
+        &env,
+        &run_args(&first_url, &name, &[], "echo ready; exec sleep 1000"),
+    );
+    first.expect_stdout_line("ready");
+    let beside = run(&env, &run_args(&second_url, &name, &[], "echo ran"));
+    assert_exit(&beside, 0);
+    assert_eq!(String::from_utf8_lossy(&beside.stdout).trim(), "ran");
+    let held = run(&env, &run_args(&first_url, &name, &[], "echo ran"));
+    assert_exit(&held, 75);
+    first.signal(libc::SIGTERM);
+    let _ = first.finish();
+
+    // Another program holding the first database's lock name.
+    let mut client = KillOnDrop(
+        client(&url())
+            .args([
+                "-e",
+                &format!(
+                    "SELECT GET_LOCK('{}', 0); SELECT 'locked'; SELECT SLEEP(1000)",
+                    lock_name_in(&first_url, &name)
+                ),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(client.0.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "1");
+    assert_eq!(lines.next().unwrap().unwrap(), "locked");
+    let conflict = run(&env, &run_args(&first_url, &name, &[], "echo ran"));
+    assert_exit(&conflict, 75);
+    let free = run(&env, &run_args(&second_url, &name, &[], "echo ran"));
+    assert_exit(&free, 0);
+}
