@@ -4,18 +4,14 @@
 //! up to roughly the whole; the table shows which ones matter.
 
 use std::fs::File;
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Result, bail, ensure};
-use onlyone::{Attempt, Lock, Record};
-use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
-use sha2::{Digest, Sha256};
+use onlyone::{Attempt, FileBackend, LockName, Record, internals};
 
 use crate::report::{Detail, Report};
 use crate::stats::{Samples, fmt_ns};
@@ -41,20 +37,16 @@ fn time_steps(steps: &mut [(&str, Step<'_>)], rounds: usize, batch: usize) -> Re
 }
 
 pub fn acquire(config: &Config, env: &Env, report: &mut Report) -> Result<()> {
-    let dir = env.runtime_dir.join("onlyone");
+    let dir = env.onlyone_dir.clone();
     let path = dir.join("breakdown-steps.lock");
     let raw_path = dir.join("breakdown-raw.lock");
-    // The default directory, made as onlyone makes it (run alone, this
-    // benchmark comes first).
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .recursive(true)
-        .create(&dir)?;
-    let lock = Lock::file("breakdown")?;
+    let lock = env.onlyone_lock("breakdown")?;
     // One file held open, as the steps after open(2) work on it.
     let held = open_lock_file(&path)?;
     held.try_lock()?;
     let record = Record::for_current_process(&[], 1);
+    let files = FileBackend::new(&dir);
+    let name = LockName::new("breakdown")?;
     let socket_name = format!("onlyone-bench/{}", std::process::id());
 
     let mut steps: Vec<(&str, Step<'_>)> = vec![
@@ -77,14 +69,8 @@ pub fn acquire(config: &Config, env: &Env, report: &mut Report) -> Result<()> {
             }),
         ),
         (
-            "directory checks: mkdir (EEXIST) + lstat + statfs",
-            Box::new(|| {
-                let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
-                let meta = std::fs::symlink_metadata(&dir)?;
-                ensure!(meta.is_dir());
-                rustix::fs::statfs(&dir)?;
-                Ok(())
-            }),
+            "directory checks: lstat + owner, mode and filesystem (statfs)",
+            Box::new(|| Ok(internals::prepare_dir(&files)?)),
         ),
         (
             "lock file checks: fstat + lstat of the path",
@@ -96,87 +82,74 @@ pub fn acquire(config: &Config, env: &Env, report: &mut Report) -> Result<()> {
             }),
         ),
         (
-            "socket name: SHA-256 of dir + name, hex",
+            "socket name: the directory's identity (lstat: the same directory as before, identity kept), SHA-256 of it + name, hex",
             Box::new(|| {
-                let scope = format!("default-dir-of-uid-{}", rustix::process::getuid().as_raw());
-                let digest = Sha256::digest(format!("{scope}\0breakdown").as_bytes());
-                let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-                std::hint::black_box(format!("onlyone/v1/{hex}"));
+                std::hint::black_box(internals::socket_name(&files, &name)?);
                 Ok(())
             }),
         ),
         (
             "holder socket: socket + bind (abstract) + listen + close",
-            Box::new(|| {
-                let addr = SocketAddrUnix::new_abstract_name(socket_name.as_bytes())?;
-                let fd = rustix::net::socket_with(
-                    AddressFamily::UNIX,
-                    SocketType::STREAM,
-                    SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-                    None,
-                )?;
-                rustix::net::bind(&fd, &addr)?;
-                rustix::net::listen(&fd, 64)?;
-                Ok(())
-            }),
+            Box::new(
+                || match internals::HolderSocket::bind(socket_name.as_bytes(), 0o600)? {
+                    internals::Bind::Bound(socket) => {
+                        drop(socket);
+                        Ok(())
+                    }
+                    internals::Bind::Taken => bail!("the bench's socket name is taken"),
+                    internals::Bind::Impossible(why) => bail!("no holder socket: {why}"),
+                },
+            ),
         ),
         (
-            "record: `Record::for_current_process` (/proc/self/stat, boot_id, uname, getpwuid_r)",
+            "record: `Record::for_current_process` (start time, boot id, user kept; uname)",
             Box::new(|| {
                 std::hint::black_box(Record::for_current_process(&[], 1));
                 Ok(())
             }),
         ),
         (
-            "↳ read /proc/self/stat (start time)",
+            "(once per process, not in the whole) read /proc/self/stat (start time)",
             Box::new(|| {
-                std::hint::black_box(std::fs::read_to_string(format!(
-                    "/proc/{}/stat",
-                    std::process::id()
-                ))?);
+                std::hint::black_box(internals::process_start_time(std::process::id()));
                 Ok(())
             }),
         ),
         (
-            "↳ read /proc/sys/kernel/random/boot_id",
+            "(once per process, not in the whole) read /proc/sys/kernel/random/boot_id",
             Box::new(|| {
-                std::hint::black_box(std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?);
+                std::hint::black_box(internals::boot_id());
                 Ok(())
             }),
         ),
         (
-            "↳ getpwuid_r (user name)",
+            "(once per process, not in the whole) getpwuid_r (user name)",
             Box::new(|| {
-                std::hint::black_box(user_name(rustix::process::getuid().as_raw()));
+                std::hint::black_box(internals::user_name(rustix::process::getuid().as_raw()));
                 Ok(())
             }),
         ),
         (
-            "record: read the previous one, serialize, pwrite + ftruncate",
+            "record: read the previous one, serialize, pwrite (no ftruncate: not shorter)",
             Box::new(|| {
                 let mut buf = [0u8; 512];
                 let _ = held.read_at(&mut buf, 0)?;
                 let line = record.to_line();
                 held.write_all_at(line.as_bytes(), 0)?;
-                held.set_len(line.len() as u64)?;
                 Ok(())
             }),
         ),
         (
-            "watcher thread: spawn, park in a timed condvar wait, wake + join",
+            "pool/plain check: no slot of the name held (read the directory; identity; sock_diag dump of listening Unix sockets)",
             Box::new(|| {
-                let stop = Arc::new((Mutex::new(false), Condvar::new()));
-                let theirs = stop.clone();
-                let handle = thread::Builder::new().spawn(move || {
-                    let (stopped, changed) = &*theirs;
-                    let guard = stopped.lock().unwrap();
-                    let _ = changed
-                        .wait_timeout_while(guard, Duration::from_millis(25), |s| !*s)
-                        .unwrap();
-                })?;
-                *stop.0.lock().unwrap() = true;
-                stop.1.notify_all();
-                handle.join().expect("the thread does not panic");
+                ensure!(lock.slots()?.iter().all(|slot| !slot.held));
+                Ok(())
+            }),
+        ),
+        (
+            "↳ sock_diag dump of listening Unix sockets (socket, sendto, 2 × recvfrom, close)",
+            Box::new(|| {
+                std::hint::black_box(internals::listening_abstract_names(b"onlyone-bench/"));
                 Ok(())
             }),
         ),
@@ -188,12 +161,13 @@ pub fn acquire(config: &Config, env: &Env, report: &mut Report) -> Result<()> {
     )?;
     let mut detail = Detail::new(
         "Where the in-process acquire + release time goes",
-        "Each step of the file backend's `try_acquire` + drop (src/backend/file.rs), \
-         redone in isolation with the same system calls and timed interleaved with the \
+        "Each step of the file backend's `try_acquire` + drop (src/backend/file/), \
+         redone in isolation (with the library's own functions, through \
+         `onlyone::internals`, where it has one) and timed interleaved with the \
          whole; medians. The steps (rows marked ↳ are parts of the row above them) \
-         make up the whole, within the noise. The record's fields are re-read from /proc and \
-         /etc/passwd on every acquisition, and the watcher thread is created and \
-         joined on every acquisition.",
+         make up the whole, within the noise; the rows marked once per process are not part of it. The process's facts in the record, the \
+         directory's identity and the watcher thread are each made once per process; \
+         registering with the watcher is a mutex and a push, not a row.",
         &["step", "median", "p90", "share of the whole"],
     );
     let whole = samples[0].clone().median();
@@ -290,28 +264,4 @@ fn open_lock_file(path: &Path) -> std::io::Result<File> {
         .create(true)
         .truncate(false)
         .open(path)
-}
-
-/// What `sys::user_name` does: getpwuid_r into a fresh 4 KiB buffer.
-fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: plain C structs; getpwuid_r only writes into them and buf,
-    // which outlive the call.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result = std::ptr::null_mut();
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    // SAFETY: on success pw_name points to a NUL-terminated string in buf.
-    (rc == 0 && !result.is_null()).then(|| {
-        unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }
-            .to_string_lossy()
-            .into_owned()
-    })
 }

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
-use onlyone::{Attempt, Lock};
+use onlyone::{Attempt, FileBackend, Lock};
 
 use crate::report::{Detail, Report, Row, Verdict};
 use crate::stats::{Samples, fmt_ns, fmt_ratio};
@@ -38,7 +38,7 @@ pub fn run(config: &Config, env: &Env, report: &mut Report) -> Result<()> {
     let raw_path = env.peer_file("inproc-raw");
     let fd_lock_path = env.peer_file("inproc-fd-lock");
     let python_path = env.peer_file("inproc-python");
-    let lock = Lock::file("inproc")?;
+    let lock = env.onlyone_lock("inproc")?;
 
     let mut raw = Samples::default();
     let mut fd_lock = Samples::default();
@@ -91,7 +91,7 @@ pub fn run(config: &Config, env: &Env, report: &mut Report) -> Result<()> {
         &format!(
             "Each sample is one acquire + release of an uncontended lock file, timed with \
              `Instant` (Python: `perf_counter_ns`). {} rounds of {} samples per contender, \
-             interleaved round by round. onlyone: `Lock::file(name).try_acquire()` then \
+             interleaved round by round. onlyone: `Lock::new(name, FileBackend::new(dir)).try_acquire()` then \
              dropping the guard, in the default per-user directory. Raw: \
              `OpenOptions::open` (create, no truncate) + `File::try_lock` + close. \
              fd-lock: `RwLock::new(file).try_write()`, guard and file dropped. Python: \
@@ -196,14 +196,12 @@ fn python_round(config: &Config, env: &Env, path: &Path) -> Result<Option<Vec<u6
 }
 
 /// `compare profile N`: onlyone's acquire + release alone, N times, in a
-/// scratch default directory, for a profiler to look at.
+/// scratch directory, for a profiler to look at.
 pub fn profile(count: usize) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("onlyone-profile-")
         .tempdir()?;
-    // SAFETY: no other thread exists yet.
-    unsafe { std::env::set_var("XDG_RUNTIME_DIR", scratch.path()) };
-    let lock = Lock::file("profile")?;
+    let lock = Lock::new("profile", FileBackend::new(scratch.path().join("onlyone")))?;
     let start = Instant::now();
     for _ in 0..count {
         match lock.try_acquire()? {

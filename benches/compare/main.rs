@@ -18,14 +18,18 @@
 //! (see `procs::helper`). `compare profile [N]` only takes and releases an
 //! onlyone lock N times, for perf, strace or callgrind.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod breakdown;
 mod commands;
 mod inproc;
 mod postgres;
 mod procs;
+mod python;
 mod report;
 mod stats;
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
@@ -51,6 +55,7 @@ pub struct Config {
     pg_failover_short_runs: usize,
     pg_partition_runs: usize,
     pg_names: usize,
+    pg_handoff_runs: usize,
 }
 
 impl Config {
@@ -71,6 +76,7 @@ impl Config {
             pg_failover_short_runs: 20,
             pg_partition_runs: 3,
             pg_names: 1000,
+            pg_handoff_runs: 20,
         }
     }
 
@@ -93,17 +99,20 @@ impl Config {
             pg_failover_short_runs: 1,
             pg_partition_runs: 0,
             pg_names: 10,
+            pg_handoff_runs: 1,
         }
     }
 }
 
 /// Where things are: the binaries compared, and a scratch directory that
-/// is the default lock directory's parent (`XDG_RUNTIME_DIR`) for every
-/// onlyone measured, so that the default configuration is what is timed.
+/// holds every lock file timed: the peers', and onlyone's in a directory of
+/// its own made as onlyone makes its default one (0700). The default
+/// directory itself (`/dev/shm/onlyone-<uid>`) cannot be pointed elsewhere,
+/// and would put onlyone on another filesystem than its peers.
 pub struct Env {
     _scratch: tempfile::TempDir,
     root: PathBuf,
-    runtime_dir: PathBuf,
+    onlyone_dir: PathBuf,
     peers_dir: PathBuf,
     onlyone_bin: PathBuf,
     me: PathBuf,
@@ -118,14 +127,16 @@ impl Env {
             .prefix("onlyone-bench-")
             .tempdir()?;
         let root = scratch.path().to_owned();
-        let runtime_dir = root.join("runtime");
+        let onlyone_dir = root.join("onlyone");
         let peers_dir = root.join("peers");
-        std::fs::create_dir(&runtime_dir)?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&onlyone_dir)?;
         std::fs::create_dir(&peers_dir)?;
         Ok(Env {
             _scratch: scratch,
             root,
-            runtime_dir,
+            onlyone_dir,
             peers_dir,
             onlyone_bin: PathBuf::from(env!("CARGO_BIN_EXE_onlyone")),
             me: std::env::current_exe()?,
@@ -135,7 +146,7 @@ impl Env {
         })
     }
 
-    /// `onlyone run --name NAME FLAGS -- COMMAND` in the default directory.
+    /// `onlyone run --name NAME FLAGS -- COMMAND` in onlyone's directory.
     fn onlyone_run(
         &self,
         name: &str,
@@ -148,16 +159,19 @@ impl Env {
             .args(flags)
             .arg("--")
             .args(command)
-            .env("XDG_RUNTIME_DIR", &self.runtime_dir)
-            .env_remove("ONLYONE_DIR");
+            .env("ONLYONE_DIR", &self.onlyone_dir);
         onlyone
     }
 
     /// The lock file that `onlyone run --name NAME` uses.
     fn onlyone_lock_file(&self, name: &str) -> PathBuf {
-        self.runtime_dir
-            .join("onlyone")
-            .join(format!("{name}.lock"))
+        self.onlyone_dir.join(format!("{name}.lock"))
+    }
+
+    /// The in-process lock `name` in onlyone's directory.
+    fn onlyone_lock(&self, name: &str) -> Result<onlyone::Lock> {
+        let backend = onlyone::FileBackend::new(&self.onlyone_dir);
+        Ok(onlyone::Lock::new(name, backend)?)
     }
 
     /// A lock file for a peer (flock(1), fd-lock, Python).
@@ -278,15 +292,13 @@ fn run(args: Args) -> Result<bool> {
     if let Some(onlyone) = &args.onlyone {
         env.onlyone_bin = onlyone.clone();
     }
-    // SAFETY: no other thread exists yet. The library under test reads the
-    // default directory from this variable, like the `onlyone` it spawns.
-    unsafe { std::env::set_var("XDG_RUNTIME_DIR", &env.runtime_dir) };
 
     let load_at_start = load_average();
     let mut report = Report::new(config.smoke);
     type Bench = fn(&Config, &Env, &mut Report) -> Result<()>;
-    let benches: [(&str, Bench); 8] = [
+    let benches: [(&str, Bench); 9] = [
         ("in-process acquire + release", inproc::run),
+        ("Python acquire + release", python::run),
         ("where the acquire time goes", breakdown::acquire),
         ("onlyone run wall time", commands::wall),
         ("where the run time goes", breakdown::run),
@@ -313,7 +325,11 @@ fn run(args: Args) -> Result<bool> {
         }
     }
     let pg_rows = [
-        ("PostgreSQL acquire + release", "report the ratio"),
+        ("PostgreSQL acquire + release", "≤ 1.3× raw (connect)"),
+        (
+            "PostgreSQL acquire + release over TLS",
+            "≤ 1.3× raw (connect)",
+        ),
         (
             "failover after SIGKILL of the holder, PostgreSQL",
             "p99 ≤ 50 ms on loopback",
@@ -330,6 +346,10 @@ fn run(args: Args) -> Result<bool> {
             "scale: names held by one process, PostgreSQL (library)",
             "report acquire time and memory",
         ),
+        (
+            "--replace on PostgreSQL, and stop then run on PostgreSQL",
+            "≤ 1 s on loopback",
+        ),
     ];
     let wanted = |name: &str| {
         args.only
@@ -341,12 +361,14 @@ fn run(args: Args) -> Result<bool> {
         match postgres::start_cluster(&config) {
             Ok(cluster) => {
                 type PgBench = fn(&Config, &Env, &postgres::PgCluster, &mut Report) -> Result<()>;
-                let benches: [(&str, PgBench); 5] = [
+                let benches: [(&str, PgBench); 7] = [
                     (pg_rows[0].0, postgres::acquire),
-                    (pg_rows[1].0, postgres::failover),
-                    (pg_rows[2].0, postgres::partition),
-                    (pg_rows[3].0, postgres::memory),
-                    (pg_rows[4].0, postgres::many_names),
+                    (pg_rows[1].0, postgres::acquire_tls),
+                    (pg_rows[2].0, postgres::failover),
+                    (pg_rows[3].0, postgres::partition),
+                    (pg_rows[4].0, postgres::memory),
+                    (pg_rows[5].0, postgres::many_names),
+                    (pg_rows[6].0, postgres::handoff),
                 ];
                 for (name, bench) in benches.iter().filter(|(name, _)| wanted(name)) {
                     println!("bench: {name}");
@@ -442,7 +464,7 @@ fn preamble(config: &Config, env: &Env, load_at_start: &str) -> Result<String> {
          - Build: release (`cargo bench`), {rustc}\n\
          - Peers: {flock_version}; {python}; fd-lock 4\n\
          - Lock files on the scratch directory's filesystem (`$TMPDIR`); onlyone uses \
-           its default directory (`$XDG_RUNTIME_DIR/onlyone`, pointed into it).\n\
+           a 0700 directory of its own there (`--dir`).\n\
          - Mode: {mode}\n\
          \n\
          Times are medians with p10/p90 (or p50/p99 for latencies) over many \

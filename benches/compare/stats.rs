@@ -34,8 +34,7 @@ impl Samples {
             self.ns.sort_unstable();
             self.sorted = true;
         }
-        let rank = (q * self.ns.len() as f64).ceil() as usize;
-        self.ns[rank.clamp(1, self.ns.len()) - 1] as f64
+        onlyone::internals::nearest_rank(&self.ns, q).expect("samples") as f64
     }
 
     pub fn median(&mut self) -> f64 {
