@@ -185,13 +185,27 @@ impl Running {
         }
     }
 
-    /// Kills the process and its children (for programs whose children do
-    /// not die with them, such as flock(1)).
+    /// Kills the process and all its descendants (for programs whose
+    /// children do not die with them, such as flock(1)). The whole tree is
+    /// read before any of it is killed: a grandchild orphaned by a kill
+    /// comes to onlyone (a subreaper) only after the list was made, and
+    /// would outlive the test.
     pub fn kill_tree(self) {
-        for child in children_of(self.pid()) {
-            signal_pid(child, libc::SIGKILL);
+        let mut tree = Vec::new();
+        let mut parents = vec![self.pid()];
+        while let Some(parent) = parents.pop() {
+            for child in children_of(parent) {
+                tree.push(child);
+                parents.push(child);
+            }
+        }
+        for pid in &tree {
+            signal_pid(*pid, libc::SIGKILL);
         }
         self.kill();
+        for pid in tree {
+            wait_for_exit(pid);
+        }
     }
 }
 
