@@ -721,6 +721,46 @@ fn mysql_stop_and_replace_leave_a_holder_they_cannot_identify_alone() {
     assert_eq!(holder_connection(&url(), &name), holder);
 }
 
+/// A holder between recording its clean release and releasing the lock
+/// is not another holder: `stop` looks again (for a real holder, until it
+/// lets go), and says what it saw instead of "cannot identify". Here a
+/// client stands in for that moment for good: it holds the lock and the
+/// row, released by an earlier holder, names its connection.
+#[test]
+fn mysql_stop_looks_again_at_a_holder_between_its_release_and_its_unlock() {
+    let env = TestEnv::new();
+    let name = unique("my-releasing");
+    let out = run(&env, &run_args(&url(), &name, &[], "true"));
+    assert_exit(&out, 0);
+    let lock_name = lock_name_in(&url(), &name);
+    let mut client = KillOnDrop(
+        client(&url())
+            .args([
+                "-e",
+                &format!(
+                    "SELECT GET_LOCK('{lock_name}', 0); \
+                     UPDATE onlyone_locks SET connection_id = CONNECTION_ID() \
+                     WHERE lock_name = '{lock_name}' AND state = 'released'; \
+                     SELECT ROW_COUNT(); SELECT SLEEP(1000)"
+                ),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(client.0.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "1");
+    assert_eq!(lines.next().unwrap().unwrap(), "1", "the row was updated");
+
+    let out = env.run(&["stop", "--mysql", &url(), &name]);
+    assert_exit(&out, 77);
+    assert!(
+        stderr(&out).contains("recorded its release but still holds the lock"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// `run --replace --mysql`: the old holder is stopped through its
 /// session, and the new command starts only after the lock-delay.
 #[test]

@@ -894,3 +894,45 @@ fn a_start_refused_for_a_held_slot_keeps_the_lock_delay_owed() {
     );
     drop(next);
 }
+
+/// A holder that has recorded its clean release but still holds the key
+/// (the moment between its two statements) is not another holder: a
+/// replacer that expected it got `Changed` and gave up with 75 "taken by
+/// another starter" (seen with `stop` and `--replace` racing). Here a
+/// session stays in that moment for good: the expected holder's stop looks
+/// again, then says what it saw, and never calls it changed.
+#[test]
+fn a_holder_between_its_release_and_its_unlock_is_not_taken_for_another() {
+    let fixture = Fixture::new("releasing");
+    let backend = fixture.backend();
+    let name = fixture.name("x");
+    let guard = acquired(backend.try_acquire(&name, &[]).unwrap());
+    let expected = backend.status(&name).unwrap().holder.unwrap().id().unwrap();
+    drop(guard);
+
+    // The row says released; a session of the test takes the key and
+    // stands in for the releasing holder (the row names its session).
+    let key = PostgresBackend::key_for(&name);
+    let mut releasing = admin();
+    releasing
+        .query_one("SELECT pg_advisory_lock($1)", &[&key])
+        .unwrap();
+    let updated = releasing
+        .execute(
+            &format!(
+                "UPDATE public.{} SET backend_pid = pg_backend_pid() WHERE key = $1 AND state = 'released'",
+                fixture.table
+            ),
+            &[&key],
+        )
+        .unwrap();
+    assert_eq!(updated, 1);
+
+    match backend.stop_holder(&name, libc::SIGTERM, Some(&expected)) {
+        Err(err) => {
+            assert_eq!(err.kind(), ErrorKind::Unsafe, "{err}");
+            assert!(err.to_string().contains("recorded its release"), "{err}");
+        }
+        Ok(stop) => panic!("the releasing holder was taken for {stop:?}"),
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::session::{ANSWER_DEADLINE, Session};
 use super::{MysqlBackend, holder_of, table};
-use crate::backend::wait::{Round, rounds};
+use crate::backend::wait::{Round, Unidentified, once_settled, rounds};
 use crate::backend::{HolderId, Stop, Wait};
 use crate::error::{Error, Result};
 use crate::name::LockName;
@@ -29,12 +29,33 @@ impl MysqlBackend {
         name: &LockName,
         expected: Option<&HolderId>,
     ) -> Result<Stop> {
+        once_settled(|| self.kill_holder_once(session, name, expected))
+    }
+
+    /// One look of [`MysqlBackend::kill_holder`].
+    fn kill_holder_once(
+        &self,
+        session: &mut Session,
+        name: &LockName,
+        expected: Option<&HolderId>,
+    ) -> std::result::Result<Stop, Unidentified> {
         let lock_name = self.lock_name_for(name);
         let Some(server) = session.holder(&lock_name)? else {
             return Ok(Stop::Free);
         };
         let row = table::row(session, &lock_name)?;
         let holder = holder_of(&server, row.as_ref());
+        // A holder that has recorded its clean release but not released
+        // the lock yet is neither another holder nor one to stop: it lets
+        // go within milliseconds.
+        if row
+            .as_ref()
+            .is_some_and(|row| !row.held && row.connection_id == Some(server.connection_id))
+        {
+            return Err(Unidentified::Settling(Error::unsafe_(format!(
+                "the holder of lock '{name}' recorded its release but still holds the lock ({holder})"
+            ))));
+        }
         if expected.is_some_and(|expected| holder.id().as_ref() != Some(expected)) {
             return Ok(Stop::Changed(holder));
         }
@@ -44,7 +65,8 @@ impl MysqlBackend {
         let Some(row) = identified else {
             return Err(Error::unsafe_(format!(
                 "cannot identify the holder of lock '{name}' safely ({holder}); stop it by hand"
-            )));
+            ))
+            .into());
         };
         // The mark names the holder's token, so that a starter ended during
         // its lock-delay gives up instead of starting over; it is made only
@@ -70,12 +92,13 @@ impl MysqlBackend {
         if marked == 0 {
             return Err(Error::unsafe_(format!(
                 "the holder of lock '{name}' changed while it was being identified; nothing was stopped"
-            )));
+            ))
+            .into());
         }
         match session.execute(&format!("KILL CONNECTION {}", server.connection_id)) {
             Ok(()) => Ok(Stop::Signalled(holder)),
             Err(failure) if failure.code() == Some(NO_SUCH_THREAD) => Ok(Stop::Signalled(holder)),
-            Err(failure) => Err(session.error("ending the holder's session", failure)),
+            Err(failure) => Err(session.error("ending the holder's session", failure).into()),
         }
     }
 

@@ -387,6 +387,13 @@ impl Row {
     pub fn names_holder(&self, backend_pid: i32) -> bool {
         self.state == "held" && self.backend_pid == Some(backend_pid)
     }
+
+    /// Whether the session `backend_pid`, which still holds the key, is
+    /// the holder between recording its clean release and unlocking: the
+    /// row says released by that very session.
+    pub fn releasing_by(&self, backend_pid: i32) -> bool {
+        self.state == "released" && self.backend_pid == Some(backend_pid)
+    }
 }
 
 fn record_from(row: &PgRow, token: u64) -> Option<Record> {

@@ -1,7 +1,7 @@
 //! `stop` and `--replace` on PostgreSQL: end the session of the lock's
 //! holder, but only of a holder identified as an onlyone holder.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 
@@ -9,6 +9,7 @@ use super::PostgresBackend;
 use super::key_parts;
 use super::server_view::ServerView;
 use super::session::Session;
+use crate::backend::wait::{Unidentified, once_settled};
 use crate::backend::{HolderId, Stop};
 use crate::error::{Error, Result};
 use crate::name::LockName;
@@ -25,29 +26,6 @@ const MAX_FENCED_ENDINGS: usize = 3;
 /// How often `stop` looks again at a holder that changed between its read
 /// and its mark before it gives up (77).
 const MAX_RACES: usize = 3;
-
-/// How long `stop` looks again at a holder that calls itself onlyone's but
-/// is not in the state row yet (a starter between taking the lock and
-/// committing its token: milliseconds, or as long as the previous holder's
-/// fenced transactions keep it waiting) before it refuses it (77), and how
-/// often. The row has no event to wait on.
-const STARTING_HOLDER: Duration = Duration::from_secs(2);
-const LOOK_AGAIN: Duration = Duration::from_millis(20);
-
-/// Why one look at the holder could not stop it.
-enum Unidentified {
-    /// The holder calls itself onlyone's but the state row does not name
-    /// it yet: it may be starting, so it is looked at again.
-    Starting(Error),
-    /// Anything else: the error stands.
-    Other(Error),
-}
-
-impl From<Error> for Unidentified {
-    fn from(err: Error) -> Unidentified {
-        Unidentified::Other(err)
-    }
-}
 
 /// How `stop` deals with the holder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,20 +59,9 @@ impl PostgresBackend {
         expected: Option<&HolderId>,
         way: Way,
     ) -> Result<Stop> {
-        let starting_until = Instant::now().checked_add(STARTING_HOLDER);
         let mut races = 0;
         while races < MAX_RACES {
-            let once = match self.stop_holder_once(session, name, expected, way) {
-                Err(Unidentified::Starting(err)) => {
-                    if starting_until.is_none_or(|until| Instant::now() >= until) {
-                        return Err(err);
-                    }
-                    std::thread::sleep(LOOK_AGAIN);
-                    continue;
-                }
-                Err(Unidentified::Other(err)) => return Err(err),
-                Ok(once) => once,
-            };
+            let once = once_settled(|| self.stop_holder_once(session, name, expected, way))?;
             if let Some(stop) = once {
                 return Ok(stop);
             }
@@ -134,6 +101,16 @@ impl PostgresBackend {
             return Ok(Some(Stop::Free));
         };
         let row = self.table.row(session, key)?;
+        // A holder that has recorded its clean release but not unlocked yet
+        // is neither another holder nor one to stop: it lets go within
+        // milliseconds. (A replacer that took it for a new holder gave up
+        // with 75 "taken by another starter".)
+        if row.as_ref().is_some_and(|row| row.releasing_by(server.pid)) {
+            return Err(Unidentified::Settling(Error::unsafe_(format!(
+                "the holder of lock '{name}' recorded its release but still holds the lock ({})",
+                view.holder(row.as_ref())
+            ))));
+        }
         let holder = view.holder(row.as_ref());
         if expected.is_some_and(|expected| holder.id().as_ref() != Some(expected)) {
             return Ok(Some(Stop::Changed(holder)));
@@ -142,7 +119,7 @@ impl PostgresBackend {
         let Some(row) = identified else {
             let err = self.unidentified(name, &view, row.as_ref());
             return Err(match server.says_onlyone() {
-                true => Unidentified::Starting(err),
+                true => Unidentified::Settling(err),
                 false => Unidentified::Other(err),
             });
         };
