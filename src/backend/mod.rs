@@ -17,6 +17,8 @@ mod loss;
 pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod settle;
 mod status;
 mod ticker;
 mod wait;

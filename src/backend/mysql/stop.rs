@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::session::{ANSWER_DEADLINE, Session};
 use super::{MysqlBackend, holder_of, table};
-use crate::backend::wait::{Round, Unidentified, once_settled, rounds};
+use crate::backend::settle::{Unidentified, once_settled};
+use crate::backend::wait::{Round, rounds};
 use crate::backend::{HolderId, Stop, Wait};
 use crate::error::{Error, Result};
 use crate::name::LockName;

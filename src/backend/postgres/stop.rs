@@ -9,7 +9,7 @@ use super::PostgresBackend;
 use super::key_parts;
 use super::server_view::ServerView;
 use super::session::Session;
-use crate::backend::wait::{Unidentified, once_settled};
+use crate::backend::settle::{Unidentified, once_settled};
 use crate::backend::{HolderId, Stop};
 use crate::error::{Error, Result};
 use crate::name::LockName;
