@@ -478,3 +478,85 @@ fn a_forged_announcement_neither_stops_nor_names_the_requester() {
     let (status, _, err) = old.finish();
     assert_eq!(code(status), 143, "{err}");
 }
+
+/// Finding 1 (a-settle): a holder that records its clean release between
+/// `--replace`'s read and its mark (the mark waits for the row the release
+/// is updating, then finds it released) was taken for another starter:
+/// `Changed`, and the replacer gave up with 75 "taken by another starter".
+/// The look-again at a releasing holder covered the read, not the mark.
+/// Here a session of the test stands in for the holder and commits its
+/// release while the replacer's mark waits for the row.
+#[test]
+fn a_holder_recording_its_release_during_the_mark_is_not_taken_for_another() {
+    use crate::postgres_lib::{Fixture, acquired};
+    use onlyone::{Backend, ErrorKind, PostgresBackend};
+
+    let fixture = Fixture::new("release_during_mark");
+    let backend = fixture.backend();
+    let name = fixture.name("x");
+    let guard = acquired(backend.try_acquire(&name, &[]).unwrap());
+    let expected = backend.status(&name).unwrap().holder.unwrap().id().unwrap();
+    drop(guard);
+
+    // The test's session takes the key and the row names it, held with the
+    // token of the holder the replacer expects.
+    let key = PostgresBackend::key_for(&name);
+    let mut holding = admin();
+    holding
+        .query_one("SELECT pg_advisory_lock($1)", &[&key])
+        .unwrap();
+    let holding_pid: i32 = holding
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let table = format!("public.{}", fixture.table);
+    let updated = holding
+        .execute(
+            &format!(
+                "UPDATE {table} SET state = 'held', backend_pid = pg_backend_pid() WHERE key = $1"
+            ),
+            &[&key],
+        )
+        .unwrap();
+    assert_eq!(updated, 1);
+
+    // It records its release; the commit waits until the mark waits.
+    let mut release = holding.transaction().unwrap();
+    release
+        .execute(
+            &format!("UPDATE {table} SET state = 'released' WHERE key = $1"),
+            &[&key],
+        )
+        .unwrap();
+    let stopping = std::thread::spawn(move || {
+        let stop = backend.stop_holder(&name, libc::SIGTERM, Some(&expected));
+        (backend, name, stop)
+    });
+    let mut watcher = admin();
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                &[&holding_pid],
+            )
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(!stopping.is_finished(), "the stop never waited for the row");
+        assert!(Instant::now() < until, "the mark never waited for the row");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    release.commit().unwrap();
+
+    let (_backend, _name, stop) = stopping.join().unwrap();
+    match stop {
+        Err(err) => {
+            assert_eq!(err.kind(), ErrorKind::Unsafe, "{err}");
+            assert!(err.to_string().contains("recorded its release"), "{err}");
+        }
+        Ok(stop) => panic!("the releasing holder was taken for {stop:?}"),
+    }
+}

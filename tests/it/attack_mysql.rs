@@ -206,3 +206,91 @@ fn mysql_attack_two_confined_accounts_one_name_are_two_locks() {
     let free = run(&env, &run_args(&second_url, &name, &[], "echo ran"));
     assert_exit(&free, 0);
 }
+
+/// Finding 2 (a-settle): a holder that records its clean release between
+/// `--replace`'s read and its mark (the mark waits for the row the release
+/// is updating, then finds it released and marks nothing) made the
+/// replacer give up with 77 "changed while it was being identified",
+/// though the holder was letting go. The look-again at a releasing holder
+/// covered the read, not the mark. Here a client stands in for the holder:
+/// it commits its release once the replacer's mark waits for the row, then
+/// releases the lock; the replacer runs its command.
+#[test]
+fn mysql_attack_a_holder_recording_its_release_during_the_mark_is_looked_at_again() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    let env = TestEnv::new();
+    let name = unique("my-release-mark");
+    let out = run(&env, &run_args(&url(), &name, &[], "true"));
+    assert_exit(&out, 0);
+    let lock_name = lock_name_in(&url(), &name);
+    let mut holding = KillOnDrop(
+        client(&url())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut input = holding.0.stdin.take().unwrap();
+    let mut lines = BufReader::new(holding.0.stdout.take().unwrap()).lines();
+    writeln!(
+        input,
+        "SELECT GET_LOCK('{lock_name}', 0); \
+         UPDATE onlyone_locks SET state = 'held', connection_id = CONNECTION_ID() \
+         WHERE lock_name = '{lock_name}'; SELECT ROW_COUNT(); \
+         START TRANSACTION; \
+         UPDATE onlyone_locks SET state = 'released' WHERE lock_name = '{lock_name}'; \
+         SELECT ROW_COUNT(); SELECT CONNECTION_ID();"
+    )
+    .unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "1", "the lock was taken");
+    assert_eq!(lines.next().unwrap().unwrap(), "1", "the row names it");
+    assert_eq!(
+        lines.next().unwrap().unwrap(),
+        "1",
+        "the release is pending"
+    );
+    let connection = lines.next().unwrap().unwrap();
+
+    let witness = env.path("witness");
+    let replacer = start(
+        &env,
+        &run_args(
+            &url(),
+            &name,
+            &["--replace"],
+            &format!("exec flock -n -E 99 {} sh -c 'echo new'", witness.display()),
+        ),
+    );
+    // The replacer's mark waits for the row the release is updating. (The
+    // server refreshes its view of lock waits only when nobody read it for
+    // 100 ms: polled more often, it never changes.)
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = sql(
+            &url(),
+            &format!(
+                "SELECT COUNT(*) FROM information_schema.INNODB_LOCK_WAITS w \
+                 JOIN information_schema.INNODB_TRX t ON t.trx_id = w.blocking_trx_id \
+                 WHERE t.trx_mysql_thread_id = {connection}"
+            ),
+        );
+        if seen != "0" {
+            break;
+        }
+        if Instant::now() >= until {
+            let list = sql(&url(), "SHOW PROCESSLIST");
+            replacer.signal(libc::SIGKILL);
+            let (status, stdout, err) = replacer.finish();
+            panic!("the mark never waited for the row: {status:?} {stdout} {err} {list}");
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    writeln!(input, "COMMIT; SELECT RELEASE_LOCK('{lock_name}');").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "1", "the lock was released");
+
+    let (status, stdout, err) = replacer.finish();
+    assert_eq!(code(status), 0, "{err}");
+    assert_eq!(stdout.trim(), "new", "{err}");
+}

@@ -91,10 +91,23 @@ impl MysqlBackend {
             )
             .map_err(|failure| session.error("marking the holder stopped", failure))?;
         if marked == 0 {
-            return Err(Error::unsafe_(format!(
+            let err = Error::unsafe_(format!(
                 "the holder of lock '{name}' changed while it was being identified; nothing was stopped"
-            ))
-            .into());
+            ));
+            // The holder recorded its clean release between the read and
+            // the mark (the mark waited for the row it was updating): not
+            // another holder, it is looked at again (it lets go, or is
+            // still releasing).
+            let now = table::row(session, &lock_name)?;
+            let releasing = now.as_ref().is_some_and(|now| {
+                !now.held
+                    && now.token == row.token
+                    && now.connection_id == Some(server.connection_id)
+            });
+            return Err(match releasing {
+                true => Unidentified::Settling(err),
+                false => Unidentified::Other(err),
+            });
         }
         match session.execute(&format!("KILL CONNECTION {}", server.connection_id)) {
             Ok(()) => Ok(Stop::Signalled(holder)),

@@ -73,10 +73,16 @@ impl PostgresBackend {
             if expected.is_some() {
                 let key = self.key(name);
                 let view = ServerView::read(session, key)?;
-                if view.holder.is_none() {
+                let Some(server) = &view.holder else {
                     return Ok(Stop::Free);
-                }
+                };
                 let row = self.table.row(session, key)?;
+                // The holder recorded its clean release between the read
+                // and the mark (the mark waited for the row it was
+                // updating): not another holder, it is looked at again.
+                if row.as_ref().is_some_and(|row| row.releasing_by(server.pid)) {
+                    continue;
+                }
                 return Ok(Stop::Changed(view.holder(row.as_ref())));
             }
             // `stop` stops whoever holds: the new holder is looked at again.
