@@ -294,3 +294,106 @@ fn mysql_attack_a_holder_recording_its_release_during_the_mark_is_looked_at_agai
     assert_eq!(code(status), 0, "{err}");
     assert_eq!(stdout.trim(), "new", "{err}");
 }
+
+/// Finding 3 (a-settle): a holder ended by another `stop` (or replacer)
+/// and replaced by another starter between `--replace`'s read and its mark
+/// made the replacer give up with 77 "changed while it was being
+/// identified; nothing was stopped", which tells the operator to stop it
+/// by hand, though its holder was gone and another starter's held the
+/// lock (PostgreSQL says changed: 75 "taken by another starter", or runs
+/// when it finds the lock free). Seen in scripts/attack/settle/storm.sh: 9
+/// of 60 replacers. Here a client stands in for the holder, another for
+/// the next starter: it keeps the row locked (the replacer's mark waits
+/// for it), takes the lock once the holder's connection is killed, and
+/// records itself. The replacer looks again and leaves it alone (75).
+#[test]
+fn mysql_attack_a_holder_replaced_during_the_mark_is_another_starter() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    let env = TestEnv::new();
+    let name = unique("my-replaced-mark");
+    let out = run(&env, &run_args(&url(), &name, &[], "true"));
+    assert_exit(&out, 0);
+    let lock_name = lock_name_in(&url(), &name);
+    let mut holding = KillOnDrop(
+        client(&url())
+            .args([
+                "-e",
+                &format!(
+                    "SELECT GET_LOCK('{lock_name}', 0); \
+                     UPDATE onlyone_locks SET state = 'held', connection_id = CONNECTION_ID() \
+                     WHERE lock_name = '{lock_name}'; SELECT ROW_COUNT(); \
+                     SELECT CONNECTION_ID(); SELECT SLEEP(1000)"
+                ),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(holding.0.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "1", "the lock was taken");
+    assert_eq!(lines.next().unwrap().unwrap(), "1", "the row names it");
+    let holder = lines.next().unwrap().unwrap();
+
+    // The next starter keeps the row locked.
+    let mut next = KillOnDrop(
+        client(&url())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut input = next.0.stdin.take().unwrap();
+    let mut answers = BufReader::new(next.0.stdout.take().unwrap()).lines();
+    writeln!(
+        input,
+        "START TRANSACTION; \
+         SELECT COUNT(*) FROM onlyone_locks WHERE lock_name = '{lock_name}' FOR UPDATE; \
+         SELECT CONNECTION_ID();"
+    )
+    .unwrap();
+    assert_eq!(answers.next().unwrap().unwrap(), "1", "the row is locked");
+    let starter = answers.next().unwrap().unwrap();
+
+    let mut replacer = start(
+        &env,
+        &run_args(&url(), &name, &["--replace"], &witnessed(&env, "new")),
+    );
+    replacer.expect_stderr_containing("replacing the holder");
+    // The replacer's mark waits for the row. (The server refreshes its
+    // view of lock waits only when nobody read it for 100 ms.)
+    let until = Instant::now() + Duration::from_secs(10);
+    while sql(
+        &url(),
+        &format!(
+            "SELECT COUNT(*) FROM information_schema.INNODB_LOCK_WAITS w \
+             JOIN information_schema.INNODB_TRX t ON t.trx_id = w.blocking_trx_id \
+             WHERE t.trx_mysql_thread_id = {starter}"
+        ),
+    ) == "0"
+    {
+        assert!(Instant::now() < until, "the mark never waited for the row");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    // The holder is ended; the next starter takes the lock and records
+    // itself.
+    sql(&url(), &format!("KILL CONNECTION {holder}"));
+    writeln!(
+        input,
+        "SELECT GET_LOCK('{lock_name}', 5); \
+         UPDATE onlyone_locks SET record = JSON_SET(record, '$.token', token + 1), \
+         token = token + 1, connection_id = CONNECTION_ID() \
+         WHERE lock_name = '{lock_name}'; SELECT ROW_COUNT(); COMMIT; SELECT 'committed';"
+    )
+    .unwrap();
+    assert_eq!(answers.next().unwrap().unwrap(), "1", "it took the lock");
+    assert_eq!(answers.next().unwrap().unwrap(), "1", "it recorded itself");
+    assert_eq!(answers.next().unwrap().unwrap(), "committed");
+
+    let (status, stdout, err) = replacer.finish();
+    assert_eq!(code(status), 75, "{err}");
+    assert!(err.contains("taken by another starter"), "{err}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_eq!(holder_connection(&url(), &name), starter, "left alone");
+}

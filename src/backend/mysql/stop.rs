@@ -91,23 +91,16 @@ impl MysqlBackend {
             )
             .map_err(|failure| session.error("marking the holder stopped", failure))?;
         if marked == 0 {
-            let err = Error::unsafe_(format!(
+            // The holder changed between the read and the mark: it recorded
+            // its clean release (the mark waited for the row it was
+            // updating), let go, or was ended by another `stop` or
+            // replacer. It is looked at again, as on PostgreSQL: the next
+            // look finds it releasing, the lock free, or another holder
+            // (`Changed` for a replacer). The error stands only if it
+            // keeps changing.
+            return Err(Unidentified::Settling(Error::unsafe_(format!(
                 "the holder of lock '{name}' changed while it was being identified; nothing was stopped"
-            ));
-            // The holder recorded its clean release between the read and
-            // the mark (the mark waited for the row it was updating): not
-            // another holder, it is looked at again (it lets go, or is
-            // still releasing).
-            let now = table::row(session, &lock_name)?;
-            let releasing = now.as_ref().is_some_and(|now| {
-                !now.held
-                    && now.token == row.token
-                    && now.connection_id == Some(server.connection_id)
-            });
-            return Err(match releasing {
-                true => Unidentified::Settling(err),
-                false => Unidentified::Other(err),
-            });
+            ))));
         }
         match session.execute(&format!("KILL CONNECTION {}", server.connection_id)) {
             Ok(()) => Ok(Stop::Signalled(holder)),
