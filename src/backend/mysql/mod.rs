@@ -8,6 +8,7 @@ mod session;
 mod stop;
 mod table;
 mod target;
+mod tls;
 
 use std::fmt;
 use std::time::{Duration, Instant};
