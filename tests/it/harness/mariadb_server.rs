@@ -60,6 +60,12 @@ impl MariaDbServer {
             fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
             server.own(&path);
         }
+        // Two bootstraps at once sometimes fail ("Installation of system
+        // tables failed"): one at a time in this process.
+        static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let one_at_a_time = INSTALL
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let install = server
             .as_server_user(&program("mariadb-install-db"))
             .arg("--no-defaults")
@@ -77,6 +83,7 @@ impl MariaDbServer {
             String::from_utf8_lossy(&install.stdout),
             String::from_utf8_lossy(&install.stderr)
         );
+        drop(one_at_a_time);
         let mut errors = Vec::new();
         for _ in 0..START_ATTEMPTS {
             match server.start_on(pick_port()) {
