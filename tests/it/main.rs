@@ -24,6 +24,7 @@ mod man;
 mod messages;
 mod model;
 mod mysql_run;
+mod mysql_tls;
 mod operate;
 mod output;
 mod pools;

@@ -552,27 +552,41 @@ fn mysql_without_the_privilege_to_create_the_table_says_what_to_run() {
     assert!(out.stdout.is_empty());
 }
 
-/// TLS is not built yet: an ssl-mode other than DISABLED is refused as a
-/// usage error, and nothing runs.
+/// TLS is built now (tests/it/mysql_tls.rs): ssl-mode=REQUIRED against the
+/// plain test server, which offers no TLS, is refused with 69 (the
+/// server's configuration, not the command line, is at fault), in one line
+/// that says which step failed and never shows the password, and nothing
+/// runs. (This was `mysql_tls_is_refused_as_not_supported_yet`, a usage
+/// error 64 before TLS was supported.)
 #[test]
-fn mysql_tls_is_refused_as_not_supported_yet() {
+fn mysql_tls_required_against_a_server_without_tls_is_refused() {
     let env = TestEnv::new();
-    let out = run(
-        &env,
-        &run_args(
-            &format!("{}?ssl-mode=REQUIRED", url()),
-            "tls",
-            &[],
-            "echo ran",
-        ),
-    );
-    assert_exit(&out, 64);
-    assert!(
-        stderr(&out).contains("TLS is not supported yet"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(out.stdout.is_empty());
+    let with_password = url().replacen("mysql://root@", "mysql://root:hunter2@", 1);
+    for mode in ["REQUIRED", "VERIFY_IDENTITY&ssl-ca=/nonexistent/ca.pem"] {
+        let out = run(
+            &env,
+            &run_args(
+                &format!("{with_password}?ssl-mode={mode}"),
+                "tls",
+                &[],
+                "echo ran",
+            ),
+        );
+        assert_exit(&out, 69);
+        let err = stderr(&out);
+        if mode == "REQUIRED" {
+            assert!(
+                err.contains("the server does not offer TLS, which ssl-mode=REQUIRED requires"),
+                "{err}"
+            );
+        } else {
+            assert!(err.contains("cannot read the ssl-ca file"), "{err}");
+        }
+        // One error line (beside the warning about a password in the URL).
+        assert_eq!(err.matches("error:").count(), 1, "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(out.stdout.is_empty());
+    }
 }
 
 /// `run --max 2 --mysql`: two members run at once (each with its slot and

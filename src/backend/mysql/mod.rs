@@ -8,6 +8,7 @@ mod session;
 mod stop;
 mod table;
 mod target;
+mod tls;
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -48,9 +49,24 @@ pub struct MysqlConfig {
     /// password comes from the URL, else `MYSQL_PWD`, else the `[client]`
     /// group of `~/.my.cnf` (which may also give the user); without a
     /// user, the login name. The port defaults to 3306. The database is
-    /// required: the state table lives there. TLS is not supported yet:
-    /// only `?ssl-mode=DISABLED` is accepted, and the connection is not
-    /// encrypted.
+    /// required: the state table lives there.
+    ///
+    /// TLS is the `mysql` client's: `?ssl-mode=` DISABLED, PREFERRED (the
+    /// default: TLS when the server offers it, its certificate not
+    /// checked, plain text when it does not), REQUIRED (TLS or nothing,
+    /// not checked), VERIFY_CA (the certificate chains to `ssl-ca`) or
+    /// VERIFY_IDENTITY (and names the URL's host); `ssl-ca=FILE`,
+    /// `ssl-cert=FILE` + `ssl-key=FILE` (a client certificate; a key that
+    /// the group or others may read is refused, as libpq refuses one).
+    /// `ssl_mode` etc. are the same; each comes from the URL, else from the
+    /// `[client]` group of `~/.my.cnf`. MySQL 8's rules are followed for
+    /// `ssl-ca`: without `ssl-mode` it implies VERIFY_CA; with an explicit
+    /// REQUIRED (or PREFERRED) it checks nothing and a warning says so;
+    /// VERIFY_CA and VERIFY_IDENTITY need it (no built-in CA list). An
+    /// unknown value is a usage error (64); a server without TLS under
+    /// REQUIRED or stricter, an untrusted certificate, a host name
+    /// mismatch or an unreadable or unsafe file is 69, in one line that
+    /// says which step failed.
     pub url: String,
     /// The heartbeat interval, the lock-delay, and the kill grace of the
     /// supervisor that runs the command (used here only for the
@@ -190,7 +206,7 @@ impl fmt::Debug for MysqlConfig {
 ///
 /// # Not built yet
 ///
-/// There is no fence function and no TLS.
+/// There is no fence function.
 pub struct MysqlBackend {
     config: MysqlConfig,
     target: Target,

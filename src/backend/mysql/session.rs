@@ -14,10 +14,11 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, OptsBuilder};
+use mysql_async::{Conn, OptsBuilder, SslOpts};
 use tokio::runtime::Runtime;
 
-use super::target::Target;
+use super::target::{SslMode, Target};
+use super::tls;
 use crate::backend::Wait;
 use crate::error::{Error, Result};
 
@@ -156,6 +157,56 @@ impl ServerHolder {
     }
 }
 
+/// Connects with the TLS of `target`'s `ssl-mode` (see [`super::tls`]);
+/// whether the connection is encrypted.
+fn connect(runtime: &Runtime, target: &Target, opts: OptsBuilder) -> Result<(Conn, bool)> {
+    let tls_settings = &target.tls;
+    let attempt = |ssl: Option<SslOpts>| {
+        call(
+            runtime,
+            Some(CONNECT_TIMEOUT),
+            Conn::new(opts.clone().ssl_opts(ssl)),
+        )
+    };
+    let fail = |failure: Failure| {
+        let why = match &failure {
+            Failure::Driver(err) => tls::explain(err, tls_settings, &target.host),
+            Failure::Silent(_) => None,
+        };
+        Error::unavailable(format!(
+            "cannot connect to MySQL at {}: {}",
+            target.location,
+            why.unwrap_or_else(|| failure.describe())
+        ))
+    };
+    let encrypted = |conn| (conn, true);
+    match tls_settings.mode {
+        SslMode::Disabled => attempt(None).map(|conn| (conn, false)).map_err(fail),
+        SslMode::Preferred => match attempt(Some(tls::ssl_opts(tls_settings, None)?)) {
+            Ok(conn) => Ok(encrypted(conn)),
+            Err(Failure::Driver(err)) if tls::server_without_tls(&err) => {
+                attempt(None).map(|conn| (conn, false)).map_err(fail)
+            }
+            Err(failure) => Err(fail(failure)),
+        },
+        SslMode::Required | SslMode::VerifyIdentity => {
+            attempt(Some(tls::ssl_opts(tls_settings, None)?))
+                .map(encrypted)
+                .map_err(fail)
+        }
+        SslMode::VerifyCa => match attempt(Some(tls::ssl_opts(tls_settings, None)?)) {
+            Ok(conn) => Ok(encrypted(conn)),
+            Err(Failure::Driver(err)) => match tls::presented_name(&err) {
+                Some(name) => attempt(Some(tls::ssl_opts(tls_settings, Some(&name))?))
+                    .map(encrypted)
+                    .map_err(fail),
+                None => Err(fail(Failure::Driver(err))),
+            },
+            Err(failure) => Err(fail(failure)),
+        },
+    }
+}
+
 /// A connected session, used by one holder (or one status query) only.
 pub(super) struct Session {
     runtime: Runtime,
@@ -197,13 +248,7 @@ impl Session {
             // Affected rows count the rows matched, changed or not.
             .client_found_rows(true)
             .stmt_cache_size(0);
-        let conn = call(&runtime, Some(CONNECT_TIMEOUT), Conn::new(opts)).map_err(|failure| {
-            Error::unavailable(format!(
-                "cannot connect to MySQL at {}: {}",
-                target.location,
-                failure.describe()
-            ))
-        })?;
+        let (conn, encrypted) = connect(&runtime, target, opts)?;
         let mut session = Session {
             runtime,
             conn: Some(conn),
@@ -211,6 +256,12 @@ impl Session {
             location: target.location.clone(),
         };
         session.configure(idle_limit)?;
+        log::debug!(
+            "MySQL session {} at {}: {}",
+            session.id,
+            session.location,
+            tls::describe(target.tls.mode, encrypted)
+        );
         Ok(session)
     }
 

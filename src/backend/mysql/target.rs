@@ -6,7 +6,7 @@
 //! the URL (whose parse errors could echo it).
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::sys;
@@ -26,6 +26,145 @@ pub(super) struct Target {
     pub location: String,
     /// The URL as given, its password replaced by `***`.
     pub redacted_url: String,
+    /// TLS: the `ssl-*` settings of the URL, else of the option file.
+    pub tls: Tls,
+}
+
+/// The `mysql` client's `ssl-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SslMode {
+    /// Never TLS.
+    Disabled,
+    /// TLS when the server offers it, its certificate not checked; plain
+    /// when it does not (the `mysql` client's default).
+    Preferred,
+    /// TLS or nothing, the certificate not checked.
+    Required,
+    /// TLS with a certificate signed by the CA of `ssl-ca`.
+    VerifyCa,
+    /// As `VerifyCa`, and the certificate names the host of the URL.
+    VerifyIdentity,
+}
+
+impl SslMode {
+    fn parse(value: &str) -> Option<SslMode> {
+        Some(match value.to_ascii_uppercase().as_str() {
+            "DISABLED" => SslMode::Disabled,
+            "PREFERRED" => SslMode::Preferred,
+            "REQUIRED" => SslMode::Required,
+            "VERIFY_CA" => SslMode::VerifyCa,
+            "VERIFY_IDENTITY" => SslMode::VerifyIdentity,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disabled => "DISABLED",
+            SslMode::Preferred => "PREFERRED",
+            SslMode::Required => "REQUIRED",
+            SslMode::VerifyCa => "VERIFY_CA",
+            SslMode::VerifyIdentity => "VERIFY_IDENTITY",
+        }
+    }
+
+    /// Whether the certificate is checked against `ssl-ca`.
+    pub fn verifies(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyIdentity)
+    }
+}
+
+/// TLS settings, resolved as the MySQL 8 client resolves them (see
+/// [`Tls::resolve`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Tls {
+    pub mode: SslMode,
+    /// `ssl-ca`: the CA certificates (PEM) the server's must chain to.
+    pub ca: Option<PathBuf>,
+    /// `ssl-cert` + `ssl-key`: the client certificate and its key.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// The `ssl-*` settings as given, in the URL or the option file.
+#[derive(Clone, Default)]
+struct TlsSettings {
+    mode: Option<String>,
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+impl TlsSettings {
+    /// Sets `key` (an `ssl-*` name, `_` or `-`) to `value`; false for a
+    /// name that is not one of them.
+    fn set(&mut self, key: &str, value: String) -> bool {
+        let slot = match key.replace('_', "-").to_ascii_lowercase().as_str() {
+            "ssl-mode" | "sslmode" => &mut self.mode,
+            "ssl-ca" => &mut self.ca,
+            "ssl-cert" => &mut self.cert,
+            "ssl-key" => &mut self.key,
+            _ => return false,
+        };
+        *slot = Some(value);
+        true
+    }
+
+    /// The URL's settings, each in place of the option file's.
+    fn over(self, file: TlsSettings) -> TlsSettings {
+        TlsSettings {
+            mode: self.mode.or(file.mode),
+            ca: self.ca.or(file.ca),
+            cert: self.cert.or(file.cert),
+            key: self.key.or(file.key),
+        }
+    }
+}
+
+impl Tls {
+    /// The MySQL 8 client's rules (its manual, "Command Options for
+    /// Encrypted Connections", `--ssl-mode`): without `ssl-mode` the mode
+    /// is PREFERRED, but `ssl-ca` without `ssl-mode` implies VERIFY_CA;
+    /// with an explicit REQUIRED (or PREFERRED) `ssl-ca` is not used to
+    /// check the server, and a warning says so; VERIFY_CA and
+    /// VERIFY_IDENTITY need `ssl-ca` (onlyone trusts no built-in CA list,
+    /// as the client reports "CA certificate is required"). `ssl-cert` and
+    /// `ssl-key` go together.
+    fn resolve(settings: TlsSettings) -> std::result::Result<Tls, String> {
+        let explicit = match &settings.mode {
+            None => None,
+            Some(value) => Some(SslMode::parse(value).ok_or_else(|| {
+                format!(
+                    "unknown ssl-mode '{value}' (one of DISABLED, PREFERRED, REQUIRED, VERIFY_CA, VERIFY_IDENTITY)"
+                )
+            })?),
+        };
+        let nonempty = |value: Option<String>| value.filter(|v| !v.is_empty());
+        let ca = nonempty(settings.ca).map(PathBuf::from);
+        let mode = match explicit {
+            Some(mode) => mode,
+            None if ca.is_some() => SslMode::VerifyCa,
+            None => SslMode::Preferred,
+        };
+        if mode.verifies() && ca.is_none() {
+            return Err(format!(
+                "ssl-mode={} needs ssl-ca, the CA certificate file to check the server's certificate against",
+                mode.as_str()
+            ));
+        }
+        if ca.is_some() && matches!(mode, SslMode::Required | SslMode::Preferred) {
+            log::warn!(
+                "ssl-ca is given but ssl-mode={} does not check the server's certificate (VERIFY_CA or VERIFY_IDENTITY does)",
+                mode.as_str()
+            );
+        }
+        let identity = match (nonempty(settings.cert), nonempty(settings.key)) {
+            (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
+            (None, None) => None,
+            (Some(_), None) => return Err("ssl-cert is given without ssl-key".to_owned()),
+            (None, Some(_)) => return Err("ssl-key is given without ssl-cert".to_owned()),
+        };
+        Ok(Tls { mode, ca, identity })
+    }
 }
 
 /// Never shows the password.
@@ -101,21 +240,20 @@ impl Target {
             "" => None,
             path => Some(decode(path).ok_or_else(|| bad("bad %-escape in the database"))?),
         };
+        let mut url_tls = TlsSettings::default();
         if let Some(query) = query.filter(|query| !query.is_empty()) {
             for param in query.split('&') {
                 let (key, value) = param.split_once('=').unwrap_or((param, ""));
-                match (key, value.to_ascii_uppercase().as_str()) {
-                    ("ssl-mode" | "ssl_mode" | "sslmode", "DISABLED") => {}
-                    ("ssl-mode" | "ssl_mode" | "sslmode", _) => {
-                        return Err(bad(
-                            "TLS is not supported yet by onlyone's MySQL backend: only ssl-mode=DISABLED (the default here) is accepted",
-                        ));
-                    }
-                    _ => return Err(bad(&format!("unknown parameter '{key}'"))),
+                let value = decode(value).ok_or_else(|| bad(&format!("bad %-escape in {key}")))?;
+                if !url_tls.set(key, value) {
+                    return Err(bad(&format!(
+                        "unknown parameter '{key}' (onlyone takes ssl-mode, ssl-ca, ssl-cert, ssl-key)"
+                    )));
                 }
             }
         }
         let client = option_file.map(read_client_group).unwrap_or_default();
+        let tls = Tls::resolve(url_tls.over(client.tls)).map_err(|why| bad(&why))?;
         let user = url_user
             .filter(|user| !user.is_empty())
             .or(client.user)
@@ -133,6 +271,7 @@ impl Target {
             database,
             location,
             redacted_url,
+            tls,
         })
     }
 }
@@ -188,11 +327,13 @@ pub(super) fn redact(url: &str) -> String {
     }
 }
 
-/// The `user` and `password` of the `[client]` group of an option file.
+/// The `user`, `password` and `ssl-*` settings of the `[client]` group of
+/// an option file.
 #[derive(Default)]
 struct ClientGroup {
     user: Option<String>,
     password: Option<String>,
+    tls: TlsSettings,
 }
 
 /// Reads the `[client]` group of the option file at `path` (missing or
@@ -235,7 +376,9 @@ fn parse_client_group(text: &str) -> ClientGroup {
         match key.trim().replace('_', "-").as_str() {
             "user" => group.user = Some(value),
             "password" => group.password = Some(value),
-            _ => {}
+            key => {
+                group.tls.set(key, value);
+            }
         }
     }
     group
@@ -298,7 +441,10 @@ mod tests {
             "postgres://bot:hunter2@db1/app",
             "mysql://bot:hunter2@db1:port/app",
             "mysql://bot:hunter2@127.0.0.1:1:2/app",
-            "mysql://bot:hunter2@db1/app?ssl-mode=REQUIRED",
+            "mysql://bot:hunter2@db1/app?ssl-mode=SOMETIMES",
+            "mysql://bot:hunter2@db1/app?ssl-mode=VERIFY_CA",
+            "mysql://bot:hunter2@db1/app?ssl-cert=/c.pem",
+            "mysql://bot:hunter2@db1/app?ssl-key=/k.pem",
             "mysql://bot:hunter2@db1/app?charset=utf8",
         ] {
             let err = Target::parse_with(url, None, None).unwrap_err();
@@ -306,5 +452,63 @@ mod tests {
             assert!(!err.to_string().contains("hunter2"), "{err}");
         }
         assert!(Target::parse_with("mysql://db1/app?ssl-mode=disabled", None, None).is_ok());
+        let err = Target::parse_with("mysql://db1/app?ssl-mode=SOMETIMES", None, None).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown ssl-mode 'SOMETIMES'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tls_settings_follow_the_mysql_8_client() {
+        let tls = |url: &str| Target::parse_with(url, None, None).unwrap().tls;
+        // The client's default.
+        assert_eq!(tls("mysql://db1/app").mode, SslMode::Preferred);
+        // ssl-ca without ssl-mode implies VERIFY_CA; with an explicit mode
+        // it does not change it.
+        let with_ca = tls("mysql://db1/app?ssl-ca=/etc/ca%20file.pem");
+        assert_eq!(with_ca.mode, SslMode::VerifyCa);
+        assert_eq!(with_ca.ca, Some(PathBuf::from("/etc/ca file.pem")));
+        assert_eq!(
+            tls("mysql://db1/app?ssl_mode=required&ssl_ca=/ca.pem").mode,
+            SslMode::Required
+        );
+        let full = tls(
+            "mysql://db1/app?ssl-mode=VERIFY_IDENTITY&ssl-ca=/ca.pem&ssl-cert=/c.pem&ssl-key=/k.pem",
+        );
+        assert_eq!(full.mode, SslMode::VerifyIdentity);
+        assert_eq!(
+            full.identity,
+            Some((PathBuf::from("/c.pem"), PathBuf::from("/k.pem")))
+        );
+    }
+
+    #[test]
+    fn tls_settings_come_from_the_option_file_unless_the_url_has_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("my.cnf");
+        std::fs::write(
+            &file,
+            "[client]\nssl-ca = /file/ca.pem\nssl_cert=/file/c.pem\nssl-key=/file/k.pem\n",
+        )
+        .unwrap();
+        let from_file = Target::parse_with("mysql://db1/app", None, Some(&file))
+            .unwrap()
+            .tls;
+        assert_eq!(from_file.mode, SslMode::VerifyCa);
+        assert_eq!(from_file.ca, Some(PathBuf::from("/file/ca.pem")));
+        assert_eq!(
+            from_file.identity,
+            Some((PathBuf::from("/file/c.pem"), PathBuf::from("/file/k.pem")))
+        );
+        let from_url = Target::parse_with(
+            "mysql://db1/app?ssl-mode=VERIFY_IDENTITY&ssl-ca=/url/ca.pem",
+            None,
+            Some(&file),
+        )
+        .unwrap()
+        .tls;
+        assert_eq!(from_url.mode, SslMode::VerifyIdentity);
+        assert_eq!(from_url.ca, Some(PathBuf::from("/url/ca.pem")));
     }
 }

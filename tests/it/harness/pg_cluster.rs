@@ -328,15 +328,16 @@ impl Drop for PgCluster {
     }
 }
 
-/// The unprivileged user that runs the server when we are root.
-struct ServerUser {
-    name: String,
-    uid: u32,
-    gid: u32,
+/// The unprivileged user that runs the server when we are root (the
+/// MariaDB harness runs its server as the same user).
+pub(crate) struct ServerUser {
+    pub(crate) name: String,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
 }
 
 /// `None` when we are not root and can run the server ourselves.
-fn server_user() -> Option<&'static ServerUser> {
+pub(crate) fn server_user() -> Option<&'static ServerUser> {
     static USER: OnceLock<Option<ServerUser>> = OnceLock::new();
     USER.get_or_init(|| {
         if id(&["-u"])? != 0 {
