@@ -2,7 +2,7 @@
 
 On one machine a kernel file lock (flock) decides, released by the kernel
 when its holder dies; across machines a PostgreSQL session-level advisory
-lock. The locks are those of the ``onlyone`` command and the Rust library:
+lock or a MySQL/MariaDB named lock (``GET_LOCK``). The locks are those of the ``onlyone`` command and the Rust library:
 a Python program, the command and a Rust program exclude one another on the
 same name.
 
@@ -84,7 +84,8 @@ class Holder:
     #: The fencing token of that acquisition.
     token: Optional[int]
     #: PostgreSQL: the server process of the holder's session (what
-    #: ``pg_terminate_backend`` takes).
+    #: ``pg_terminate_backend`` takes); MySQL: its connection id (what
+    #: ``KILL CONNECTION`` takes).
     server_pid: Optional[int]
     #: The local processes holding the lock, as the kernel names them.
     pids: List[int]
@@ -102,7 +103,8 @@ class Status:
 
     #: The lock's name.
     name: str
-    #: Where it lives: a lock file's path, or the server and key.
+    #: Where it lives: a lock file's path, or the server and key (MySQL:
+    #: the name given to ``GET_LOCK``).
     location: str
     #: Whether it is held now.
     held: bool
@@ -123,7 +125,7 @@ class Guard:
     __slots__ = ("_native", "_holder", "_where", "_thread", "__weakref__")
 
     def __init__(
-        self, native: _onlyone.NativeGuard, where: Tuple[bool, str, str]
+        self, native: _onlyone.NativeGuard, where: Tuple[str, str, str]
     ) -> None:
         self._native = native
         self._holder: Optional[Holder] = None
@@ -142,7 +144,9 @@ class Guard:
         """The fencing token: larger than every token handed out before for
         this lock. Write it with the work it protects, so that storage can
         refuse an older holder's late writes. None only when a lock file's
-        record could not be written (logged as a warning)."""
+        record could not be written (logged as a warning). On PostgreSQL
+        and MySQL it is committed to the state table before the lock is
+        handed out."""
         return self._native.token
 
     @property
@@ -151,7 +155,8 @@ class Guard:
         run it first in a transaction on the lock's database, and the
         transaction fails with SQLSTATE ON001 unless this acquisition still
         holds the lock (the command gets it as ONLYONE_FENCE). None on lock
-        files and with an explicit key."""
+        files, with an explicit key, and on MySQL (no fence function
+        there yet)."""
         return self._native.fence_sql
 
     @property
@@ -180,7 +185,8 @@ class Guard:
         finish and release it (a clean release: no lock-delay for the next)
         before the stopper's bound (``stop --timeout``; ``--replace``: its
         heartbeat deadline + kill grace + 1 s), else its session is ended
-        and the lock lost."""
+        and the lock lost. On MySQL ``stop`` ends the session at once:
+        always None there, and the guard reports the loss."""
         return self._native.stop_requested
 
     @property
@@ -227,16 +233,23 @@ class Lock:
     ``key=value`` string; default ``ONLYONE_POSTGRES_URL``) a PostgreSQL
     advisory lock, at the advisory ``key`` derived from the name unless one
     is given, with fencing tokens in the state ``table``
-    (default ``public.onlyone_locks``).
+    (default ``public.onlyone_locks``), or with ``mysql``
+    (``mysql://user@host:port/database``, the password in ``MYSQL_PWD`` or
+    ``~/.my.cnf``; default ``ONLYONE_MYSQL_URL``) a MySQL/MariaDB named
+    lock, whose name in the server is derived from ``name`` and the
+    database (:attr:`location` shows it), with its state table
+    ``onlyone_locks`` in that database (``key`` and ``table`` are refused
+    there). Give at most one of ``dir``, ``postgres`` and ``mysql``; with
+    none, at most one of the two URL variables may be set.
 
     ``with lock as held:`` tries once and raises :class:`Held` when another
     holder has the lock; :meth:`acquire` waits; :meth:`try_acquire` returns
     None instead of raising; ``async with lock.acquire_async(timeout=30)``
     waits without blocking the event loop.
 
-    ``on_lost`` says what happens when a held lock is lost (a PostgreSQL
+    ``on_lost`` says what happens when a held lock is lost (a database
     session ended by the server or the network; a lock file that cannot be
-    restored). A PostgreSQL holder checks its session every ``heartbeat``
+    restored). A database holder checks its session every ``heartbeat``
     seconds (default 1) and considers the lock lost when no check has
     succeeded for T = 2 x heartbeat + 1 s; a successor waits T + 5 s + 2 s
     (the lock-delay) after an unclean loss before it starts.
@@ -275,6 +288,7 @@ class Lock:
         on_lost: OnLost = "exit",
         heartbeat: Optional[float] = None,
         command: Optional[List[str]] = None,
+        mysql: Optional[str] = None,
     ) -> None:
         if not (on_lost in ("exit", "raise") or callable(on_lost)):
             raise ValueError(
@@ -290,6 +304,7 @@ class Lock:
             table,
             heartbeat,
             command,
+            mysql,
         )
         self._on_lost = on_lost
         # The guards handed out, kept so that one not kept by the caller
@@ -303,7 +318,8 @@ class Lock:
 
     @property
     def location(self) -> str:
-        """Where the lock lives: the lock directory, or the server and key."""
+        """Where the lock lives: the lock directory, or the server and key
+        (MySQL: and the name given to ``GET_LOCK``)."""
         return self._native.location
 
     def try_acquire(self) -> Optional[Guard]:
@@ -330,7 +346,7 @@ class Lock:
             return self._taken(native, holder)
         if timeout is None:
             self._refuse_waiting_for_itself()
-        if not self._native.postgres:
+        if not self._native.database:
             # The common case first, without a thread.
             native, holder = self._native.try_acquire(None)
             if native is not None:
@@ -341,8 +357,8 @@ class Lock:
         """As :meth:`acquire`, for asyncio: ``await lock.acquire_async(5)``
         or ``async with lock.acquire_async(timeout=5) as held:``. The wait
         runs in the loop's executor; cancelling the task stops it (a
-        PostgreSQL wait already sent to the server ends when it is granted,
-        and what it took is released at once, or at its timeout)."""
+        PostgreSQL wait is ended in the server; a MySQL wait within 1 s,
+        and what it took by then is released at once)."""
         _check_timeout(timeout)
         return _AsyncAcquire(self, timeout, True)
 
@@ -404,14 +420,14 @@ class Lock:
     def _try_once(
         self,
     ) -> Tuple[Optional[_onlyone.NativeGuard], Optional[Dict[str, Any]]]:
-        if not self._native.postgres:
+        if not self._native.database:
             return self._native.try_acquire(None)
-        # A PostgreSQL try may sit out a lock-delay (10 s): in a thread of
+        # A database try may sit out a lock-delay (10 s): in a thread of
         # its own, so that Ctrl-C ends it at once.
         return _waited(self._native.start_wait(None, None, True))
 
-    def _where(self) -> Tuple[bool, str, str]:
-        return (self._native.postgres, self._native.location, self.name)
+    def _where(self) -> Tuple[str, str, str]:
+        return (self._native.backend, self._native.location, self.name)
 
     def _refuse_waiting_for_itself(self) -> None:
         where, thread = self._where(), threading.get_ident()
@@ -462,7 +478,7 @@ class _AsyncAcquire:
     async def _acquire(self) -> Guard:
         lock = self._lock
         native = lock._native
-        if not native.postgres:
+        if not native.database:
             # A try on files takes microseconds: no thread for it.
             guard, holder = native.try_acquire(None)
             if guard is not None or not self._wait or self._timeout == 0:
@@ -490,6 +506,7 @@ def single_instance(
     table: Optional[str] = None,
     *,
     on_lost: OnLost = "exit",
+    mysql: Optional[str] = None,
 ) -> Guard:
     """Takes the lock ``name`` for the rest of this process, or exits.
 
@@ -502,7 +519,7 @@ def single_instance(
     :class:`Lock`'s.
     """
     try:
-        lock = Lock(name, dir, postgres, key, table, on_lost=on_lost)
+        lock = Lock(name, dir, postgres, key, table, on_lost=on_lost, mysql=mysql)
         guard = lock.acquire(blocking=False)
     except Held as held:
         print(f"onlyone: {held}", file=sys.stderr, flush=True)
@@ -520,12 +537,19 @@ def status(
     postgres: Optional[str] = None,
     key: Optional[int] = None,
     table: Optional[str] = None,
+    *,
+    mysql: Optional[str] = None,
 ) -> Status:
     """Whether the lock ``name`` is held, by whom, and who waits, without
     taking it. The arguments are :class:`Lock`'s."""
     return _status_of(
         _onlyone.status(
-            name, os.fspath(dir) if dir is not None else None, postgres, key, table
+            name,
+            os.fspath(dir) if dir is not None else None,
+            postgres,
+            key,
+            table,
+            mysql,
         )
     )
 
@@ -681,7 +705,7 @@ if hasattr(os, "register_at_fork"):
 
 
 async def _release_off_loop(guard: Guard) -> None:
-    if guard._native.postgres:
+    if guard._native.database:
         # Unlocking speaks to the server: not on the loop's thread.
         await asyncio.get_running_loop().run_in_executor(None, guard.release)
     else:

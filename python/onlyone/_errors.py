@@ -33,7 +33,7 @@ class Held(Error, TimeoutError):
 
 
 class Lost(Error):
-    """A held lock was lost (a PostgreSQL session ended, say)."""
+    """A held lock was lost (a database session ended, say)."""
 
     exit_code = 74
 

@@ -17,13 +17,15 @@ def status(
     postgres: Optional[str] = None,
     key: Optional[int] = None,
     table: Optional[str] = None,
+    mysql: Optional[str] = None,
 ) -> Values: ...
 
 class NativeGuard:
     token: Optional[int]
     fence_sql: Optional[str]
     name: str
-    postgres: bool
+    database: bool
+    stop_requested: Optional[str]
     record: Values
     env: List[Tuple[str, str]]
     holding: bool
@@ -43,7 +45,8 @@ class Waiter:
 
 class NativeLock:
     name: str
-    postgres: bool
+    database: bool
+    backend: str
     location: str
     def __init__(
         self,
@@ -54,6 +57,7 @@ class NativeLock:
         table: Optional[str] = None,
         heartbeat: Optional[float] = None,
         command: List[str] = ...,
+        mysql: Optional[str] = None,
     ) -> None: ...
     def try_acquire(
         self, within: Optional[float] = None

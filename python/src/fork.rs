@@ -7,9 +7,9 @@
 //! parent's lock file or speak on the parent's database session.
 //!
 //! A database session's socket is not the library's to hand out: it is
-//! found as the sockets that a PostgreSQL acquisition left open, told
-//! apart by their inode (`/proc/self/fd`, Linux), so that a descriptor
-//! number used again later is never closed by mistake.
+//! found as the sockets that a database acquisition (PostgreSQL, MySQL)
+//! left open, told apart by their inode (`/proc/self/fd`, Linux), so that
+//! a descriptor number used again later is never closed by mistake.
 
 use std::os::fd::RawFd;
 use std::time::Duration;

@@ -35,13 +35,14 @@ pub struct NativeGuard {
     /// Set once the guard is released or dropped, for the "raise" backstop.
     released: Arc<Released>,
     holder_pid: u32,
-    postgres: bool,
+    /// Held in a database server (PostgreSQL or MySQL), on a session.
+    database: bool,
 }
 
 impl NativeGuard {
-    pub fn new(guard: Guard, sockets: Vec<u64>, postgres: bool) -> NativeGuard {
+    pub fn new(guard: Guard, sockets: Vec<u64>, database: bool) -> NativeGuard {
         NativeGuard {
-            postgres,
+            database,
             phase: AtomicU8::new(HELD),
             record: guard.record().clone(),
             token: guard.token(),
@@ -129,10 +130,11 @@ impl NativeGuard {
         self.fence_sql.clone()
     }
 
-    /// Whether the lock is a PostgreSQL one (else a lock file).
+    /// Whether the lock is held in a database server, PostgreSQL or MySQL
+    /// (else a lock file): releasing it speaks to the server.
     #[getter]
-    fn postgres(&self) -> bool {
-        self.postgres
+    fn database(&self) -> bool {
+        self.database
     }
 
     /// The name of the lock held.
@@ -169,7 +171,8 @@ impl NativeGuard {
     }
 
     /// Who asked this holder to stop (`HOST:PID`: PostgreSQL's `onlyone
-    /// stop` or `--replace`), or None. Not a loss: the lock is still held.
+    /// stop` or `--replace`; MySQL's end the session instead), or None.
+    /// Not a loss: the lock is still held.
     #[getter]
     fn stop_requested(&self) -> Option<String> {
         if self.forked() {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use onlyone::{Attempt, Backend, FileBackend, Lock, LockName};
+use onlyone::{Attempt, Backend, FileBackend, Holder, Lock, LockName};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -21,11 +21,36 @@ use crate::values;
 /// the library's own waits, each of which also wakes at a release).
 const SLICE: Duration = Duration::from_millis(50);
 
+/// How long one MySQL wait in the server (`GET_LOCK` with a timeout) lasts
+/// before the waiting thread looks whether it was cancelled: the library
+/// has no way to end a MySQL wait from another thread, so a cancelled wait
+/// ends (and lets go of what it took) within this much. A release wakes
+/// the wait at once all the same.
+const MYSQL_SLICE: Duration = Duration::from_secs(1);
+
 /// Which kind of backend a lock lives in.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     File,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     Postgres,
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    Mysql,
+}
+
+impl Kind {
+    /// A lock in a database server (a session, not a lock file).
+    fn database(self) -> bool {
+        self != Kind::File
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::File => "files",
+            Kind::Postgres => "postgres",
+            Kind::Mysql => "mysql",
+        }
+    }
 }
 
 /// A lock name in a backend, as `onlyone.Lock` makes it.
@@ -45,7 +70,7 @@ impl NativeLock {
     #[new]
     // The keyword arguments of `onlyone.Lock`.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (name, dir=None, postgres=None, key=None, table=None, heartbeat=None, command=Vec::new()))]
+    #[pyo3(signature = (name, dir=None, postgres=None, key=None, table=None, heartbeat=None, command=Vec::new(), mysql=None))]
     fn new(
         py: Python<'_>,
         name: &str,
@@ -55,9 +80,18 @@ impl NativeLock {
         table: Option<String>,
         heartbeat: Option<f64>,
         command: Vec<String>,
+        mysql: Option<String>,
     ) -> PyResult<NativeLock> {
         let name = LockName::new(name).map_err(|err| errors::to_py(py, err))?;
-        let (backend, kind, location) = backend(py, &name, dir, postgres, key, table, heartbeat)?;
+        let place = Place {
+            dir,
+            postgres,
+            mysql,
+            key,
+            table,
+            heartbeat,
+        };
+        let (backend, kind, location) = backend(py, &name, place)?;
         Ok(NativeLock {
             lock: Lock::with_backend(name, backend).command(command),
             kind,
@@ -71,10 +105,18 @@ impl NativeLock {
         self.lock.name().to_string()
     }
 
-    /// Whether the lock lives in PostgreSQL (else in lock files).
+    /// Whether the lock lives in a database server, PostgreSQL or MySQL
+    /// (else in lock files): taking it speaks to the server, and may sit
+    /// out a lock-delay.
     #[getter]
-    fn postgres(&self) -> bool {
-        self.kind == Kind::Postgres
+    fn database(&self) -> bool {
+        self.kind.database()
+    }
+
+    /// Which backend: "files", "postgres" or "mysql".
+    #[getter]
+    fn backend(&self) -> &'static str {
+        self.kind.as_str()
     }
 
     /// Where the lock lives: the lock directory, or the server.
@@ -84,14 +126,14 @@ impl NativeLock {
     }
 
     /// One try, never waiting for another holder; with `within`, a
-    /// lock-delay (PostgreSQL) ends once that many seconds have passed.
+    /// lock-delay (a database's) ends once that many seconds have passed.
     #[pyo3(signature = (within=None))]
     fn try_acquire<'py>(&self, py: Python<'py>, within: Option<f64>) -> PyResult<Outcome<'py>> {
         let within = within.map(seconds).transpose()?;
         let lock = self.lock.clone();
         let kind = self.kind;
         let attempt = py.detach(move || {
-            fork::tracking_sockets(kind == Kind::Postgres, || match within {
+            fork::tracking_sockets(kind.database(), || match within {
                 Some(bound) => lock.try_acquire_within(bound),
                 None => lock.try_acquire(),
             })
@@ -102,8 +144,8 @@ impl NativeLock {
     /// Starts waiting for the lock in a thread of its own, at most
     /// `timeout` seconds (`None`: without limit); `said` is the whole
     /// timeout the caller asked for, which a conflict message names. With
-    /// `once`, one try instead (whose PostgreSQL lock-delay is waited out
-    /// in full), in a thread so that Ctrl-C can end it.
+    /// `once`, one try instead (whose database lock-delay is waited out in
+    /// full), in a thread so that Ctrl-C can end it.
     #[pyo3(signature = (timeout, said=None, once=false))]
     fn start_wait(&self, timeout: Option<f64>, said: Option<f64>, once: bool) -> PyResult<Waiter> {
         let timeout = timeout.map(seconds).transpose()?;
@@ -115,7 +157,7 @@ impl NativeLock {
         thread::Builder::new()
             .name("onlyone-wait".to_owned())
             .spawn(move || {
-                let attempt = fork::tracking_sockets(kind == Kind::Postgres, || {
+                let attempt = fork::tracking_sockets(kind.database(), || {
                     theirs.cancellable(|| match once {
                         true => lock.try_acquire(),
                         false => wait(&lock, kind, timeout, &theirs.cancelled),
@@ -144,7 +186,7 @@ impl NativeLock {
 
 /// Whether `name` is held and by whom, without taking it (a dict).
 #[pyfunction]
-#[pyo3(signature = (name, dir=None, postgres=None, key=None, table=None))]
+#[pyo3(signature = (name, dir=None, postgres=None, key=None, table=None, mysql=None))]
 pub fn status<'py>(
     py: Python<'py>,
     name: &str,
@@ -152,45 +194,117 @@ pub fn status<'py>(
     postgres: Option<String>,
     key: Option<i64>,
     table: Option<String>,
+    mysql: Option<String>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    NativeLock::new(py, name, dir, postgres, key, table, None, Vec::new())?.status(py)
+    NativeLock::new(py, name, dir, postgres, key, table, None, Vec::new(), mysql)?.status(py)
 }
 
-/// The backend the arguments choose, as the command's flags do: PostgreSQL
-/// with `postgres` (else `ONLYONE_POSTGRES_URL`), else the lock files in
-/// `dir` (else `ONLYONE_DIR`, else the per-user default directory).
-fn backend(
-    py: Python<'_>,
-    name: &LockName,
+/// Where a lock lives and how it is held there: the keyword arguments of
+/// `onlyone.Lock`.
+struct Place {
     dir: Option<PathBuf>,
     postgres: Option<String>,
+    mysql: Option<String>,
     key: Option<i64>,
     table: Option<String>,
     heartbeat: Option<f64>,
+}
+
+/// The backend the arguments choose, as the command's flags do: lock
+/// files with `dir`, PostgreSQL with `postgres`, MySQL/MariaDB with
+/// `mysql` (at most one of them); without any, `ONLYONE_POSTGRES_URL` or
+/// `ONLYONE_MYSQL_URL` (not both), else the lock files in `ONLYONE_DIR`,
+/// else in the per-user default directory.
+fn backend(
+    py: Python<'_>,
+    name: &LockName,
+    place: Place,
 ) -> PyResult<(Arc<dyn Backend>, Kind, String)> {
-    if dir.is_some() && postgres.is_some() {
-        return Err(errors::usage(
-            py,
-            "give dir= (lock files) or postgres= (a PostgreSQL lock), not both",
-        ));
+    let Place {
+        dir,
+        mut postgres,
+        mut mysql,
+        key,
+        table,
+        heartbeat,
+    } = place;
+    let given: Vec<&str> = [
+        (dir.is_some(), "dir= (lock files)"),
+        (postgres.is_some(), "postgres= (a PostgreSQL lock)"),
+        (mysql.is_some(), "mysql= (a MySQL/MariaDB lock)"),
+    ]
+    .into_iter()
+    .filter_map(|(given, what)| given.then_some(what))
+    .collect();
+    match given[..] {
+        [one, other] => {
+            return Err(errors::usage(
+                py,
+                &format!("give {one} or {other}, not both"),
+            ));
+        }
+        [_, _, _] => {
+            return Err(errors::usage(
+                py,
+                "give one of dir=, postgres= and mysql=, not all three",
+            ));
+        }
+        _ => {}
     }
-    let postgres = match dir {
-        Some(_) => None,
-        None => postgres.or_else(|| std::env::var("ONLYONE_POSTGRES_URL").ok()),
-    };
+    if given.is_empty() {
+        postgres = std::env::var("ONLYONE_POSTGRES_URL").ok();
+        mysql = std::env::var("ONLYONE_MYSQL_URL").ok();
+        if postgres.is_some() && mysql.is_some() {
+            return Err(errors::usage(
+                py,
+                "ONLYONE_POSTGRES_URL and ONLYONE_MYSQL_URL name two places for locks: give postgres= or mysql=, or unset one",
+            ));
+        }
+    }
     if let Some(url) = postgres {
         return postgres_backend(py, name, url, key, table, heartbeat);
     }
-    for (given, what) in [
-        (key.is_some(), "key="),
-        (table.is_some(), "table="),
-        (heartbeat.is_some(), "heartbeat="),
+    if let Some(url) = mysql {
+        for (given, what, why) in [
+            (
+                key.is_some(),
+                "key=",
+                "a MySQL lock's name in the server is derived from the lock name (see status().location)",
+            ),
+            (
+                table.is_some(),
+                "table=",
+                "a MySQL lock's state table is onlyone_locks in the URL's database",
+            ),
+        ] {
+            if given {
+                return Err(errors::usage(
+                    py,
+                    &format!("{what} is for a PostgreSQL lock, not with mysql=: {why}"),
+                ));
+            }
+        }
+        return mysql_backend(py, name, url, heartbeat);
+    }
+    for (given, what, needs) in [
+        (
+            key.is_some(),
+            "key=",
+            "a PostgreSQL lock: it needs postgres=",
+        ),
+        (
+            table.is_some(),
+            "table=",
+            "a PostgreSQL lock: it needs postgres=",
+        ),
+        (
+            heartbeat.is_some(),
+            "heartbeat=",
+            "a database lock: it needs postgres= or mysql=",
+        ),
     ] {
         if given {
-            return Err(errors::usage(
-                py,
-                &format!("{what} is for a PostgreSQL lock: it needs postgres="),
-            ));
+            return Err(errors::usage(py, &format!("{what} is for {needs}")));
         }
     }
     let dir = dir
@@ -252,6 +366,45 @@ fn postgres_backend(
     ))
 }
 
+#[cfg(feature = "mysql")]
+fn mysql_backend(
+    py: Python<'_>,
+    name: &LockName,
+    url: String,
+    heartbeat: Option<f64>,
+) -> PyResult<(Arc<dyn Backend>, Kind, String)> {
+    if url.trim().is_empty() {
+        return Err(errors::usage(
+            py,
+            "the MySQL URL is empty (in mysql= or ONLYONE_MYSQL_URL); to lock with files, give neither",
+        ));
+    }
+    let mut config = onlyone::MysqlConfig::new(url);
+    if let Some(heartbeat) = heartbeat {
+        config.timing.heartbeat = seconds(heartbeat)?;
+    }
+    let backend = onlyone::MysqlBackend::new(config).map_err(|err| errors::to_py(py, err))?;
+    let location = format!(
+        "{} lock '{}'",
+        backend.redacted_url(),
+        backend.lock_name_for(name)
+    );
+    Ok((Arc::new(backend), Kind::Mysql, location))
+}
+
+#[cfg(not(feature = "mysql"))]
+fn mysql_backend(
+    py: Python<'_>,
+    _: &LockName,
+    _: String,
+    _: Option<f64>,
+) -> PyResult<(Arc<dyn Backend>, Kind, String)> {
+    Err(errors::usage(
+        py,
+        "this build of onlyone has no MySQL backend",
+    ))
+}
+
 /// A number of seconds from Python as a duration.
 fn seconds(value: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(value).map_err(|_| {
@@ -264,7 +417,8 @@ fn seconds(value: f64) -> PyResult<Duration> {
 /// Waits for `lock` at most `timeout`, until `cancelled`. On files the
 /// wait is cut in slices, between which a cancel is seen; a PostgreSQL wait
 /// is one wait in the server, which a cancel ends with the session's cancel
-/// request (see [`Shared::cancellable`]).
+/// request (see [`Shared::cancellable`]); a MySQL wait is cut in waits in
+/// the server of [`MYSQL_SLICE`] each.
 fn wait(
     lock: &Lock,
     kind: Kind,
@@ -284,15 +438,29 @@ fn wait(
     if holder.lock_delay.is_some() || left == Some(Duration::ZERO) {
         return Ok(Attempt::Held(holder));
     }
-    if kind == Kind::Postgres {
-        return lock.acquire(left);
-    }
+    let slice_length = match kind {
+        Kind::Postgres => return lock.acquire(left),
+        Kind::Mysql => MYSQL_SLICE,
+        Kind::File => SLICE,
+    };
     let deadline = left.and_then(|left| Instant::now().checked_add(left));
     loop {
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let slice = left.map_or(SLICE, |left| left.min(SLICE));
-        let attempt = lock.acquire(Some(slice))?;
-        let timed_out = left.is_some_and(|left| left <= SLICE);
+        let slice = left.map_or(slice_length, |left| left.min(slice_length));
+        let mut attempt = lock.acquire(Some(slice))?;
+        if let Attempt::Held(Holder {
+            lock_delay: Some(delay),
+            ..
+        }) = attempt
+        {
+            // The slice took the lock, but the lock-delay after an
+            // unclean loss outlasts it: take it again (no other holder
+            // waited for) and sit the delay out within the whole wait,
+            // or a slice after slice would each start it over.
+            let bound = left.unwrap_or(delay.saturating_mul(2).saturating_add(MYSQL_SLICE));
+            attempt = lock.try_acquire_within(bound)?;
+        }
+        let timed_out = left.is_some_and(|left| left <= slice_length);
         if matches!(attempt, Attempt::Acquired(_)) || timed_out || cancelled.load(Ordering::SeqCst)
         {
             return Ok(attempt);
@@ -312,7 +480,7 @@ fn outcome<'py>(
     let (attempt, sockets) = attempt.map_err(|err| errors::to_py(py, err))?;
     match attempt {
         Attempt::Acquired(guard) => Ok((
-            Some(NativeGuard::new(guard, sockets, kind == Kind::Postgres)),
+            Some(NativeGuard::new(guard, sockets, kind.database())),
             None,
         )),
         Attempt::Held(holder) => {
@@ -340,7 +508,8 @@ struct Shared {
     state: Mutex<WaitState>,
     changed: Condvar,
     cancelled: AtomicBool,
-    /// Ends a PostgreSQL wait or lock-delay under way.
+    /// Ends a PostgreSQL wait or lock-delay under way (a MySQL wait ends
+    /// at its next slice).
     #[cfg(feature = "postgres")]
     server: onlyone::internals::Cancel,
 }
@@ -472,7 +641,8 @@ impl Waiter {
     /// Stops waiting: what the wait takes from now on is released at once.
     /// A wait on files has ended on return (within 50 ms); a PostgreSQL
     /// wait in the server or lock-delay has been ended (a wait still
-    /// connecting ends in its own thread).
+    /// connecting ends in its own thread); a MySQL wait ends in its own
+    /// thread within [`MYSQL_SLICE`] (a lock-delay: at its end).
     fn cancel(&self, py: Python<'_>) {
         let shared = self.shared.clone();
         let join = self.kind == Kind::File;

@@ -1,6 +1,7 @@
 """Shared fixtures: a lock directory per test, the installed `onlyone`
-command, Python scripts run as processes, and the PostgreSQL server of the
-test command (ONLYONE_TEST_POSTGRES_URL)."""
+command, Python scripts run as processes, and the PostgreSQL and MariaDB
+servers of the test command (ONLYONE_TEST_POSTGRES_URL,
+ONLYONE_TEST_MYSQL_URL)."""
 
 import os
 import signal
@@ -19,7 +20,7 @@ ONLYONE = os.path.join(os.path.dirname(sys.executable), "onlyone")
 @pytest.fixture(autouse=True)
 def _no_onlyone_environment(monkeypatch):
     # The tests say where each lock lives; the caller's defaults must not.
-    for variable in ("ONLYONE_DIR", "ONLYONE_POSTGRES_URL"):
+    for variable in ("ONLYONE_DIR", "ONLYONE_POSTGRES_URL", "ONLYONE_MYSQL_URL"):
         monkeypatch.delenv(variable, raising=False)
 
 
@@ -56,6 +57,17 @@ def pg_url():
     url = os.environ.get("ONLYONE_TEST_POSTGRES_URL")
     if not url:
         pytest.skip("ONLYONE_TEST_POSTGRES_URL is not set (scripts/test sets it)")
+    return url
+
+
+@pytest.fixture
+def my_url():
+    url = os.environ.get("ONLYONE_TEST_MYSQL_URL")
+    if not url:
+        pytest.skip(
+            "ONLYONE_TEST_MYSQL_URL is not set (scripts/test sets it: "
+            "scripts/with-mariadb starts a throwaway MariaDB)"
+        )
     return url
 
 
