@@ -36,6 +36,14 @@ pub fn socket_name(files: &FileBackend, name: &LockName) -> Result<Vec<u8>> {
     files.socket_name(name)
 }
 
+/// Installs the at-fork hooks that keep the library's process-wide
+/// mutexes out of a forked child's inheritance, as every entry point that
+/// takes one does first. For the Python module's init: a program that
+/// imported it has them before any of its threads can acquire or fork.
+pub fn install_fork_hooks() {
+    crate::backend::ticker::install_fork_hooks();
+}
+
 /// The nearest-rank quantile `q` (0 to 1) of `sorted`: the smallest value
 /// that at least a fraction `q` of the values do not exceed; `None` for no
 /// values.

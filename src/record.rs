@@ -196,6 +196,10 @@ impl ProcessIdentity {
     fn current() -> ProcessIdentity {
         let pid = std::process::id();
         let uid = sys::uid();
+        // A public entry point (`Record::for_current_process`, and the
+        // database backends' acquisitions): the fork hooks before the
+        // cache's mutex is first taken.
+        crate::backend::ticker::install_fork_hooks();
         let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
         // A forked child has another pid (and may have another uid): it
         // reads its own.

@@ -31,6 +31,10 @@ fn die_with_parent(parent: u32) {
 
 #[pymodule]
 fn _onlyone(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // The at-fork hooks now, under the import, rather than at the first
+    // acquisition: a program's thread that acquires while another forks
+    // then never races their installation.
+    onlyone::internals::install_fork_hooks();
     // The library's warnings (a record that could not be written, a
     // failed release) as the command prints them.
     onlyone::cli::show_library_warnings();

@@ -20,7 +20,7 @@ pub mod postgres;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 mod settle;
 mod status;
-mod ticker;
+pub(crate) mod ticker;
 mod wait;
 
 pub use self::guard::{COMMAND_ENV, Guard};

@@ -4,7 +4,8 @@
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
-use std::sync::{Condvar, Mutex, MutexGuard, Once};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::sys;
@@ -79,11 +80,49 @@ impl Drop for Ticket {
     }
 }
 
+/// Who installs the at-fork hooks: nobody yet (0), a thread of the
+/// process with this pid, or done ([`HOOKS_INSTALLED`]).
+static FORK_HOOKS: AtomicU64 = AtomicU64::new(0);
+const HOOKS_INSTALLED: u64 = u64::MAX;
+
 /// Installs (once) the at-fork hooks that hold the library's
-/// process-wide mutexes across every fork of the process.
+/// process-wide mutexes across every fork of the process. Called before
+/// any of those mutexes is first taken, at every entry point that takes
+/// one, so that no fork can copy one locked before the hooks are in place.
+///
+/// Not a `std::sync::Once`: a child forked while another thread of its
+/// parent was installing the hooks would inherit the `Once` "running",
+/// with no thread left to finish it, and its first acquisition would wait
+/// forever (seen: one fresh multithreaded Python program in four that
+/// forked during its first acquisition). Here, such a child sees the
+/// parent's pid as the installer's and installs the hooks itself. It may
+/// then have them twice (the parent's registration may have been done
+/// before the fork): the hooks do nothing when they run a second time.
 pub(crate) fn install_fork_hooks() {
-    static FORK_HOOKS: Once = Once::new();
-    FORK_HOOKS.call_once(|| sys::at_fork(before_fork, after_fork_in_parent, after_fork_in_child));
+    if FORK_HOOKS.load(Ordering::Acquire) == HOOKS_INSTALLED {
+        return;
+    }
+    let me = u64::from(std::process::id());
+    loop {
+        match FORK_HOOKS.load(Ordering::Acquire) {
+            HOOKS_INSTALLED => return,
+            // Another thread of this process installs them: a matter of
+            // one pthread_atfork call.
+            installer if installer == me => std::thread::yield_now(),
+            // Nobody, or a thread of a parent this process was forked
+            // from midway (which this process does not have).
+            installer => {
+                if FORK_HOOKS
+                    .compare_exchange(installer, me, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    sys::at_fork(before_fork, after_fork_in_parent, after_fork_in_child);
+                    FORK_HOOKS.store(HOOKS_INSTALLED, Ordering::Release);
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// The mutexes held across a fork: the registry, then the others the
@@ -103,9 +142,13 @@ thread_local! {
 /// mutex, may be under way, or the child would get that mutex locked by a
 /// thread it does not have, and hang at its first acquisition. (A fork
 /// from a tick itself, a loss callback that forks, holds the registry
-/// already and cannot wait for it.)
+/// already and cannot wait for it.) The parent and child hooks take what
+/// it held: run twice, the second finds nothing.
 extern "C" fn before_fork() {
-    if !TICKER.get() {
+    // Installed twice (see `install_fork_hooks`): the second call finds
+    // the mutexes held by the first already.
+    let held = FORKING.with(|forking| forking.borrow().is_some());
+    if !TICKER.get() && !held {
         let registry = registry();
         let mut others = vec![
             crate::backend::file::hold_for_fork(),

@@ -68,18 +68,18 @@ pub fn supplementary_groups(pid: u32) -> Option<Vec<u32>> {
     )
 }
 
-/// Where the directory at `canonical` (an absolute path, symlinks resolved;
-/// its last components may not exist yet) lives: the filesystem it is on
-/// and its path inside that filesystem, from `/proc/self/mountinfo`. One
-/// directory reached through two bind mounts has one location; the same
-/// path on two filesystems (a tmpfs of one's own over `/dev/shm`) has two.
-/// `None` when the mount table cannot be read.
 /// The system layer's process-wide mutexes (the mount table's), held
 /// across a fork so that no child inherits one locked (see `ticker.rs`).
 pub fn hold_for_fork() -> Option<Box<dyn std::any::Any>> {
     Some(mountinfo::hold_for_fork())
 }
 
+/// Where the directory at `canonical` (an absolute path, symlinks resolved;
+/// its last components may not exist yet) lives: the filesystem it is on
+/// and its path inside that filesystem, from `/proc/self/mountinfo`. One
+/// directory reached through two bind mounts has one location; the same
+/// path on two filesystems (a tmpfs of one's own over `/dev/shm`) has two.
+/// `None` when the mount table cannot be read.
 pub fn filesystem_location(canonical: &std::path::Path) -> Option<FsLocation> {
     use std::os::unix::ffi::OsStrExt;
     mountinfo::with_table(|mounts| mountinfo::locate(mounts, canonical.as_os_str().as_bytes()))?
