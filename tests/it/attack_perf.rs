@@ -145,3 +145,89 @@ fn a_hangup_under_nohup_does_not_end_the_command() {
     assert_eq!(crate::util::code(status), 0, "{err}");
     assert_eq!(out, "term\n");
 }
+
+/// Finding 5, the Rust side of the Python test of that name: a process's
+/// first acquisition installed the at-fork hooks in a `std::sync::Once`,
+/// and a child forked while another thread was inside it inherited the
+/// `Once` "running", with no thread to finish it: the child's first
+/// acquisition waited forever. One chance per process, and this test
+/// binary has acquired before: the test runs again in a process of its
+/// own, which makes 40 fresh processes, each forking children until its
+/// thread has made its first acquisition. Each child takes a lock within
+/// 5 s or dies of SIGALRM.
+#[test]
+fn children_forked_during_another_threads_first_acquisition_can_take_locks() {
+    const FRESH: &str = "ONLYONE_TEST_FRESH_FORKS";
+    if let Some(top) = std::env::var_os(FRESH) {
+        let hung = fresh_forks(std::path::Path::new(&top));
+        assert_eq!(hung, 0, "{hung} children hung taking a lock");
+        return;
+    }
+    let env = TestEnv::new();
+    let test =
+        "attack_perf::children_forked_during_another_threads_first_acquisition_can_take_locks";
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--test-threads=1", "--nocapture"])
+        .env(FRESH, env.path("locks"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// Forks 40 processes that each fork children during a thread's first
+/// acquisition; the number of those children that hung (or, for a
+/// process that did not report, 100).
+fn fresh_forks(top: &std::path::Path) -> i32 {
+    fs::create_dir_all(top).unwrap();
+    let take = |name: &str, dir: std::path::PathBuf| {
+        let lock = Lock::new(name, FileBackend::new(dir)).unwrap();
+        matches!(lock.try_acquire(), Ok(Attempt::Acquired(_)))
+    };
+    let wait = |pid: libc::pid_t| {
+        let mut status = 0;
+        // SAFETY: waits for a child of this process into a local.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        status
+    };
+    let mut hung = 0;
+    for i in 0..40 {
+        // SAFETY: the child runs only the code below and ends with _exit.
+        let fresh = unsafe { libc::fork() };
+        if fresh == 0 {
+            let first = top.join(format!("f{i}"));
+            let thread = std::thread::spawn(move || take("first", first));
+            // Children forked all through the thread's first acquisition.
+            let mut children = Vec::new();
+            for j in 0..64 {
+                if thread.is_finished() {
+                    break;
+                }
+                // SAFETY: as above.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    // SAFETY: alarm and _exit take no pointers.
+                    unsafe {
+                        libc::alarm(5);
+                        libc::_exit(i32::from(!take(&format!("c{i}-{j}"), top.into())));
+                    }
+                }
+                children.push(pid);
+            }
+            let _ = thread.join();
+            let bad = children
+                .into_iter()
+                .filter(|&pid| libc::WIFSIGNALED(wait(pid)))
+                .count();
+            // SAFETY: ends this forked process without running the test
+            // harness's exit code.
+            unsafe { libc::_exit(bad as i32) };
+        }
+        let status = wait(fresh);
+        hung += if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            100
+        };
+    }
+    hung
+}
