@@ -863,3 +863,33 @@ fn mysql_read_only_server_is_refused() {
     assert!(err.contains("it is read-only"), "{err}");
     assert!(out.stdout.is_empty());
 }
+
+/// Group Replication keeps named locks local to each member, so a member
+/// is refused (77); the decision over what the server says is unit-tested
+/// in src/backend/mysql/cluster.rs, since no group can be started here.
+/// MariaDB has no Group Replication: a plain server must not be taken for
+/// a member (its unknown variable read as "no group"), and its lock is
+/// taken as usual.
+#[test]
+fn mysql_plain_mariadb_is_not_refused_as_a_group_replication_member() {
+    let env = TestEnv::new();
+    let url = url();
+    let has_group_replication = client(&url)
+        .args(["-e", "SELECT @@global.group_replication_group_name"])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    if has_group_replication {
+        eprintln!("skipped: this server knows Group Replication (MySQL), not a plain MariaDB");
+        return;
+    }
+    let out = run(
+        &env,
+        &run_args(&url, &unique("my-not-a-group"), &[], "echo ran"),
+    );
+    let err = stderr(&out);
+    assert_eq!(code(out.status), 0, "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
+    assert!(!err.contains("Group Replication"), "{err}");
+}

@@ -17,6 +17,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, SslOpts};
 use tokio::runtime::Runtime;
 
+use super::cluster::{self, GroupReplication};
 use super::target::{SslMode, Target};
 use super::tls;
 use crate::backend::Wait;
@@ -228,7 +229,8 @@ impl fmt::Debug for Session {
 impl Session {
     /// Connects a fresh session that the server ends once it has sat idle
     /// for `idle_limit` (`wait_timeout`, `interactive_timeout`, whole
-    /// seconds, rounded up), and refuses a read-only server and Galera.
+    /// seconds, rounded up), and refuses a read-only server, a Galera
+    /// node and a Group Replication member.
     pub fn open(target: &Target, idle_limit: Duration) -> Result<Session> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -296,13 +298,47 @@ impl Session {
             )));
         }
         let wsrep = self.variable("@@global.wsrep_on")?;
-        if wsrep.is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("ON")) {
+        if cluster::galera_node(wsrep.as_deref()) {
             return Err(Error::unsafe_(format!(
                 "refusing the MySQL server at {}: it is a Galera cluster node (wsrep_on is ON), where GET_LOCK locks are node-local and exclude nobody on the other nodes",
                 self.location
             )));
         }
+        if let Some(why) = self.group_replication()?.refusal() {
+            return Err(Error::unsafe_(format!(
+                "refusing the MySQL server at {}: {why}, where GET_LOCK locks are node-local and exclude nobody on the other members; use a server outside the group",
+                self.location
+            )));
+        }
         Ok(())
+    }
+
+    /// What the server says about MySQL Group Replication: the group's
+    /// name (one round trip, an unknown variable on MariaDB), and only
+    /// when one is set, the plugin's status and this server's member
+    /// state (one more).
+    fn group_replication(&mut self) -> Result<GroupReplication> {
+        let group_name = self.variable("@@global.group_replication_group_name")?;
+        if !GroupReplication::configured(group_name.as_deref()) {
+            return Ok(GroupReplication {
+                group_name,
+                ..GroupReplication::default()
+            });
+        }
+        let (plugin_status, member_state): (Option<String>, Option<String>) = self
+            .query_first(
+                "SELECT (SELECT PLUGIN_STATUS FROM information_schema.PLUGINS \
+                         WHERE PLUGIN_NAME = 'group_replication'), \
+                        (SELECT MEMBER_STATE FROM performance_schema.replication_group_members \
+                         WHERE MEMBER_ID = @@global.server_uuid)",
+            )
+            .map_err(|failure| self.error("checking the server's Group Replication", failure))?
+            .unwrap_or_default();
+        Ok(GroupReplication {
+            group_name,
+            plugin_status,
+            member_state,
+        })
     }
 
     /// A global variable's value as text, `None` when this server does

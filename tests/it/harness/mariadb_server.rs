@@ -45,7 +45,8 @@ impl MariaDbServer {
 
     /// Starts a server without TLS (plain text only), with `options`
     /// (`--name=value`) added to its command line; then runs `setup` (SQL)
-    /// as root.
+    /// as root. (The benchmarks' server: benches/compare/mysql.rs.)
+    #[allow(dead_code)]
     pub fn start_plain(setup: &str, options: &[&str]) -> MariaDbServer {
         MariaDbServer::start_with(None, setup, options)
     }
@@ -119,7 +120,8 @@ impl MariaDbServer {
         server
     }
 
-    /// The server's TCP port on 127.0.0.1.
+    /// The server's TCP port on 127.0.0.1 (for a proxy in front of it).
+    #[allow(dead_code)]
     pub fn port(&self) -> u16 {
         self.port
     }
