@@ -139,10 +139,16 @@ pub(super) struct ServerHolder {
     pub user: Option<String>,
     pub host: Option<String>,
     pub db: Option<String>,
+    /// `performance_schema.threads.CONNECTION_TYPE` of that session
+    /// (`SSL/TLS`, `TCP/IP`, `Socket`…), when the server keeps it and this
+    /// account may read it: MySQL 8 by default, MariaDB only with
+    /// `performance_schema = ON`.
+    pub connection_type: Option<String>,
 }
 
 impl ServerHolder {
-    /// "MySQL connection id 42, user bot, client 10.0.0.5:5000, database app"
+    /// "MySQL connection id 42, user bot, client 10.0.0.5:5000, database
+    /// app, encrypted (TLS)"
     pub fn describe(&self) -> String {
         let mut text = format!("MySQL connection id {}", self.connection_id);
         match (&self.user, &self.host) {
@@ -154,7 +160,21 @@ impl ServerHolder {
         if let Some(db) = &self.db {
             text.push_str(&format!(", database {db}"));
         }
+        if let Some(kind) = self.connection_type.as_deref() {
+            text.push_str(&describe_connection_type(kind));
+        }
         text
+    }
+}
+
+/// ", encrypted (TLS)" or ", not encrypted (TCP/IP)" for a session's
+/// `CONNECTION_TYPE`.
+fn describe_connection_type(kind: &str) -> String {
+    let kind = kind.trim();
+    if kind.eq_ignore_ascii_case("SSL/TLS") {
+        ", encrypted (TLS)".to_owned()
+    } else {
+        format!(", not encrypted ({kind})")
     }
 }
 
@@ -484,11 +504,23 @@ impl Session {
             )
             .map_err(|failure| self.error("reading the process list", failure))?;
         let (user, host, db) = rows.into_iter().next().unwrap_or_default();
+        // Whether that session is encrypted: only the performance schema
+        // says, when it is on and readable; otherwise not said.
+        let connection_type = self
+            .exec_rows::<(Option<String>,)>(
+                "SELECT CONNECTION_TYPE FROM performance_schema.threads WHERE PROCESSLIST_ID = ?",
+                vec![connection_id.into()],
+            )
+            .ok()
+            .and_then(|rows| rows.into_iter().next())
+            .and_then(|(kind,)| kind)
+            .filter(|kind| !kind.trim().is_empty());
         Ok(Some(ServerHolder {
             connection_id,
             user,
             host,
             db,
+            connection_type,
         }))
     }
 

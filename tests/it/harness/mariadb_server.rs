@@ -43,6 +43,12 @@ impl MariaDbServer {
         MariaDbServer::start_with(Some(tls), setup, &[])
     }
 
+    /// As [`MariaDbServer::start_tls`], with `options` (`--name=value`)
+    /// added to the server's command line.
+    pub fn start_tls_with(tls: &ServerTls<'_>, setup: &str, options: &[&str]) -> MariaDbServer {
+        MariaDbServer::start_with(Some(tls), setup, options)
+    }
+
     /// Starts a server without TLS (plain text only), with `options`
     /// (`--name=value`) added to its command line; then runs `setup` (SQL)
     /// as root. (The benchmarks' server: benches/compare/mysql.rs.)
