@@ -893,3 +893,53 @@ fn mysql_plain_mariadb_is_not_refused_as_a_group_replication_member() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
     assert!(!err.contains("Group Replication"), "{err}");
 }
+
+/// As on files and PostgreSQL (issue 9 item 5): a plain lock started while
+/// a slot of its name is held is refused (77), and so is a pool member
+/// started while the plain lock is held. The plain starter's check reads
+/// only its own name's slot rows (`MysqlBackend::slots`), not every row of
+/// the state table: a row of another name, held, must not count.
+#[test]
+fn mysql_plain_lock_and_pool_of_one_name_refuse_each_other() {
+    let env = TestEnv::new();
+    let url = url();
+    let job = unique("my-mix");
+    let other = unique("my-mix-other");
+    let mut unrelated = start(
+        &env,
+        &run_args(&url, &other, &["--max", "2"], "echo ready; exec sleep 1000"),
+    );
+    unrelated.expect_stdout_line("ready");
+    // Another name's slot held: this plain lock is not concerned.
+    let out = run(&env, &run_args(&url, &job, &[], "echo ran"));
+    assert_eq!(code(out.status), 0, "{}", stderr(&out));
+    let refused_as_mixed = |out: &Output| {
+        let err = stderr(out);
+        assert_eq!(code(out.status), 77, "{err}");
+        assert!(
+            err.contains(&format!(
+                "lock '{job}' is used as a pool of slots ({job}@1..) and as a plain lock"
+            )),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty());
+    };
+    let mut member = start(
+        &env,
+        &run_args(&url, &job, &["--max", "2"], "echo ready; exec sleep 1000"),
+    );
+    member.expect_stdout_line("ready");
+    refused_as_mixed(&run(&env, &run_args(&url, &job, &[], "echo ran")));
+    member.kill();
+    let mut plain = start(
+        &env,
+        &run_args(&url, &job, &[], "echo ready; exec sleep 1000"),
+    );
+    plain.expect_stdout_line("ready");
+    refused_as_mixed(&run(
+        &env,
+        &run_args(&url, &job, &["--max", "2"], "echo ran"),
+    ));
+    plain.kill();
+    unrelated.kill();
+}
