@@ -51,9 +51,6 @@ const SESSION_ENDING_CODES: [u16; 4] = [
     1152, // ER_ABORTING_CONNECTION
 ];
 
-/// ER_UNKNOWN_SYSTEM_VARIABLE: a variable this server does not have.
-const UNKNOWN_VARIABLE: u16 = 1193;
-
 /// Why a statement failed.
 #[derive(Debug)]
 pub(super) enum Failure {
@@ -127,6 +124,17 @@ fn call<T>(
             }
         }
     }
+}
+
+/// The largest packet the driver reads or sends: 64 MiB, MySQL 8's
+/// default `max_allowed_packet` (MariaDB's is 16 MiB).
+const MAX_ALLOWED_PACKET: usize = 64 * 1024 * 1024;
+
+/// `idle_limit` in whole seconds, rounded up, as `wait_timeout` takes it
+/// (1 s to a year).
+fn idle_seconds(idle_limit: Duration) -> u64 {
+    let seconds = idle_limit.as_secs() + u64::from(idle_limit.subsec_nanos() > 0);
+    seconds.clamp(1, 31_536_000)
 }
 
 /// Who holds a named lock, as the server sees it.
@@ -265,6 +273,14 @@ impl Session {
             .pass(target.password.clone())
             .db_name(target.database.clone())
             .prefer_socket(false)
+            // Both given, the driver does not ask the server for them (a
+            // round trip). The packet limit is MySQL 8's default; nothing
+            // onlyone reads comes near it. wait_timeout here is the
+            // driver's own idea, for pools; the server's is set below.
+            .max_allowed_packet(Some(MAX_ALLOWED_PACKET))
+            .wait_timeout(Some(
+                usize::try_from(idle_seconds(idle_limit)).unwrap_or(usize::MAX),
+            ))
             .tcp_keepalive(Some(KEEPALIVE_IDLE))
             .tcp_nodelay(true)
             // Affected rows count the rows matched, changed or not.
@@ -298,8 +314,7 @@ impl Session {
 
     /// The session's timeouts, and the checks of the server.
     fn configure(&mut self, idle_limit: Duration) -> Result<()> {
-        let seconds = idle_limit.as_secs() + u64::from(idle_limit.subsec_nanos() > 0);
-        let seconds = seconds.clamp(1, 31_536_000);
+        let seconds = idle_seconds(idle_limit);
         self.execute(&format!(
             "SET SESSION wait_timeout = {seconds}, SESSION interactive_timeout = {seconds}"
         ))
@@ -309,22 +324,35 @@ impl Session {
             .map_err(|failure| self.error("checking the server", failure))?
             .ok_or_else(|| self.error_text("checking the server", "no answer row"))?;
         self.id = id;
-        // MySQL's super_read_only implies read_only, but it is cheap to ask.
-        let super_read_only = self.variable("@@global.super_read_only")?;
+        // The variables a server may lack, in one round trip: a SELECT of
+        // one it lacks fails, SHOW leaves it out. MySQL's super_read_only
+        // implies read_only, but it is cheap to ask.
+        let variables = self.global_variables(&[
+            "super_read_only",
+            "wsrep_on",
+            "group_replication_group_name",
+        ])?;
+        let variable = |name: &str| {
+            variables
+                .iter()
+                .find(|(found, _)| found.eq_ignore_ascii_case(name))
+                .map(|(_, value)| value.clone())
+        };
+        let super_read_only = variable("super_read_only");
         if read_only != 0 || super_read_only.is_some_and(|v| v != "0" && v != "OFF") {
             return Err(Error::unsafe_(format!(
                 "refusing the MySQL server at {}: it is read-only (@@read_only or @@super_read_only is on: a replica?), and named locks are not replicated, so a lock taken there excludes nobody; connect to the primary",
                 self.location
             )));
         }
-        let wsrep = self.variable("@@global.wsrep_on")?;
-        if cluster::galera_node(wsrep.as_deref()) {
+        if cluster::galera_node(variable("wsrep_on").as_deref()) {
             return Err(Error::unsafe_(format!(
                 "refusing the MySQL server at {}: it is a Galera cluster node (wsrep_on is ON), where GET_LOCK locks are node-local and exclude nobody on the other nodes",
                 self.location
             )));
         }
-        if let Some(why) = self.group_replication()?.refusal() {
+        let group_name = variable("group_replication_group_name");
+        if let Some(why) = self.group_replication(group_name)?.refusal() {
             return Err(Error::unsafe_(format!(
                 "refusing the MySQL server at {}: {why}, where GET_LOCK locks are node-local and exclude nobody on the other members; use a server outside the group",
                 self.location
@@ -334,11 +362,10 @@ impl Session {
     }
 
     /// What the server says about MySQL Group Replication: the group's
-    /// name (one round trip, an unknown variable on MariaDB), and only
-    /// when one is set, the plugin's status and this server's member
-    /// state (one more).
-    fn group_replication(&mut self) -> Result<GroupReplication> {
-        let group_name = self.variable("@@global.group_replication_group_name")?;
+    /// name (`group_name`, as read; MariaDB has no such variable), and
+    /// only when one is set, the plugin's status and this server's member
+    /// state (one more round trip).
+    fn group_replication(&mut self, group_name: Option<String>) -> Result<GroupReplication> {
         if !GroupReplication::configured(group_name.as_deref()) {
             return Ok(GroupReplication {
                 group_name,
@@ -361,14 +388,24 @@ impl Session {
         })
     }
 
-    /// A global variable's value as text, `None` when this server does
-    /// not have it.
-    fn variable(&mut self, variable: &str) -> Result<Option<String>> {
-        match self.query_first::<(Option<String>,)>(&format!("SELECT CAST({variable} AS CHAR)")) {
-            Ok(row) => Ok(row.and_then(|(value,)| value)),
-            Err(failure) if failure.code() == Some(UNKNOWN_VARIABLE) => Ok(None),
-            Err(failure) => Err(self.error("checking the server", failure)),
-        }
+    /// The global variables of `names` that this server has, with their
+    /// values as text (`SHOW GLOBAL VARIABLES`, one round trip).
+    fn global_variables(&mut self, names: &[&str]) -> Result<Vec<(String, String)>> {
+        let list = names
+            .iter()
+            .map(|name| format!("'{}'", literal(name)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("SHOW GLOBAL VARIABLES WHERE Variable_name IN ({list})");
+        let answer = {
+            let (runtime, conn) = self.conn();
+            call(
+                runtime,
+                Some(ANSWER_DEADLINE),
+                conn.query::<(String, String), _>(sql),
+            )
+        };
+        answer.map_err(|failure| self.error("checking the server", failure))
     }
 
     /// This session's `CONNECTION_ID()`.
