@@ -1,6 +1,7 @@
 //! onlyone side by side with its peers (issue 5): in-process acquire +
 //! release, `onlyone run` wall time, waiter wake-up, failover after
-//! SIGKILL, supervisor memory, and 1,000 simultaneous starters.
+//! SIGKILL, supervisor memory, and 1,000 simultaneous starters; the same
+//! against a throwaway PostgreSQL cluster and MariaDB server.
 //!
 //! Run through `scripts/bench`, which installs the peers and writes
 //! docs/BENCHMARKS.md. By hand:
@@ -23,6 +24,7 @@
 mod breakdown;
 mod commands;
 mod inproc;
+mod mysql;
 mod postgres;
 mod procs;
 mod python;
@@ -56,6 +58,11 @@ pub struct Config {
     pg_partition_runs: usize,
     pg_names: usize,
     pg_handoff_runs: usize,
+    my_rounds: usize,
+    my_batch: usize,
+    my_failover_runs: usize,
+    my_failover_short_runs: usize,
+    my_partition_runs: usize,
 }
 
 impl Config {
@@ -77,6 +84,11 @@ impl Config {
             pg_partition_runs: 3,
             pg_names: 1000,
             pg_handoff_runs: 20,
+            my_rounds: 10,
+            my_batch: 20,
+            my_failover_runs: 5,
+            my_failover_short_runs: 20,
+            my_partition_runs: 3,
         }
     }
 
@@ -100,6 +112,13 @@ impl Config {
             pg_partition_runs: 0,
             pg_names: 10,
             pg_handoff_runs: 1,
+            my_rounds: 1,
+            my_batch: 2,
+            // As for PostgreSQL: a default failover waits 10 s. The
+            // partition runs once with the shortest timing (about 8 s).
+            my_failover_runs: 0,
+            my_failover_short_runs: 1,
+            my_partition_runs: 1,
         }
     }
 }
@@ -382,6 +401,45 @@ fn run(args: Args) -> Result<bool> {
             Err(why) => {
                 eprintln!("bench: {why}; the PostgreSQL rows are not measured");
                 for (name, goal) in pg_rows.iter().filter(|(name, _)| wanted(name)) {
+                    report.row(Row::not_measured(name, goal, &why));
+                }
+            }
+        }
+    }
+
+    let my_rows = [
+        ("MySQL acquire + release", "≤ 1.3× raw (connect)"),
+        (
+            "failover after SIGKILL of the holder, MySQL",
+            "p99 ≤ 50 ms on loopback",
+        ),
+        (
+            "partition failover, MySQL (frozen proxy)",
+            "≤ 20 s with 0 overlap",
+        ),
+    ];
+    if my_rows.iter().any(|(name, _)| wanted(name)) {
+        println!("bench: starting a throwaway MariaDB server");
+        match mysql::start_server() {
+            Ok(server) => {
+                type MyBench = fn(&Config, &Env, &mysql::MariaDbServer, &mut Report) -> Result<()>;
+                let benches: [(&str, MyBench); 3] = [
+                    (my_rows[0].0, mysql::acquire),
+                    (my_rows[1].0, mysql::failover),
+                    (my_rows[2].0, mysql::partition),
+                ];
+                for (name, bench) in benches.iter().filter(|(name, _)| wanted(name)) {
+                    println!("bench: {name}");
+                    ran += 1;
+                    if let Err(err) = bench(&config, &env, &server, &mut report) {
+                        eprintln!("bench: {name} FAILED: {err:#}");
+                        failed.push(name);
+                    }
+                }
+            }
+            Err(why) => {
+                eprintln!("bench: {why}; the MySQL rows are not measured");
+                for (name, goal) in my_rows.iter().filter(|(name, _)| wanted(name)) {
                     report.row(Row::not_measured(name, goal, &why));
                 }
             }

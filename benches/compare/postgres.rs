@@ -19,10 +19,10 @@ use crate::{Config, Env};
 
 #[allow(dead_code)]
 #[path = "../../tests/it/harness/pg_cluster.rs"]
-mod pg_cluster;
+pub(crate) mod pg_cluster;
 #[allow(dead_code)]
 #[path = "../../tests/it/harness/proxy.rs"]
-mod proxy;
+pub(crate) mod proxy;
 #[allow(dead_code)]
 #[path = "../../tests/it/harness/tls_certs.rs"]
 mod tls_certs;

@@ -19,7 +19,7 @@ use std::process::Output;
 use crate::harness::mariadb_server::{MariaDbServer, ServerTls};
 use crate::harness::tls_certs::{CERT_USER, TestCerts};
 use crate::mysql_run::{unique, url};
-use crate::util::{TestEnv, assert_exit, stderr};
+use crate::util::{Running, TestEnv, assert_exit, stderr};
 
 fn setup() -> String {
     format!(
@@ -255,5 +255,129 @@ fn mysql_tls_preferred_falls_back_to_plain_without_tls_on_the_server() {
     assert_ran(
         &run(&env, &format!("{}?ssl-mode=PREFERRED", url())),
         "PREFERRED, plain server",
+    );
+}
+
+/// `status` and the conflict message say whether the holder's session is
+/// encrypted, as on PostgreSQL, from `performance_schema.threads`
+/// (`CONNECTION_TYPE`): on here (`--performance-schema=ON`; MariaDB's
+/// default is off, and then nothing is said, as the plain test server
+/// shows).
+#[test]
+fn mysql_tls_status_says_whether_the_holders_session_is_encrypted() {
+    let env = TestEnv::new();
+    let certs = TestCerts::generate();
+    let server = MariaDbServer::start_tls_with(
+        &ServerTls {
+            cert_pem: &certs.server_cert_pem,
+            key_pem: &certs.server_key_pem,
+            ca_pem: &certs.ca_pem,
+        },
+        &setup(),
+        &["--performance-schema=ON"],
+    );
+    let root = server.url("root");
+    let status_of = |url: &str, name: &str| {
+        let out = env
+            .onlyone(&["status", "--mysql", url, name, "--json"])
+            .env("HOME", env.path(""))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for (mode, expected) in [
+        ("REQUIRED", "encrypted (TLS)"),
+        ("DISABLED", "not encrypted (TCP/IP)"),
+    ] {
+        let name = unique(&format!("tls-status-{}", mode.to_lowercase()));
+        let mut holder = Running::spawn(
+            env.onlyone(&[
+                "run",
+                "--mysql",
+                &format!("{root}?ssl-mode={mode}"),
+                "--name",
+                &name,
+                "--",
+                "sh",
+                "-c",
+                "echo ready; exec sleep 1000",
+            ])
+            .env("HOME", env.path(""))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+        );
+        holder.expect_stdout_line("ready");
+        // Asked over plain text: it is the holder's session that counts.
+        let json = status_of(&format!("{root}?ssl-mode=DISABLED"), &name);
+        assert!(json.contains(&format!(", {expected}\"")), "{mode}: {json}");
+        let conflict = env
+            .onlyone(&["run", "--mysql", &root, "--name", &name, "--", "true"])
+            .env("HOME", env.path(""))
+            .output()
+            .unwrap();
+        assert_exit(&conflict, 75);
+        assert!(
+            stderr(&conflict).contains(expected),
+            "{}",
+            stderr(&conflict)
+        );
+        holder.kill();
+    }
+
+    // The plain test server keeps no performance schema: nothing is said.
+    let name = unique("tls-status-unknown");
+    let mut holder = Running::spawn(
+        env.onlyone(&[
+            "run",
+            "--mysql",
+            &url(),
+            "--name",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo ready; exec sleep 1000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped()),
+    );
+    holder.expect_stdout_line("ready");
+    let json = status_of(&url(), &name);
+    assert!(json.contains("MySQL connection id"), "{json}");
+    assert!(!json.contains("encrypted"), "{json}");
+    holder.kill();
+}
+
+/// Under VERIFY_CA a certificate the CA signed but without a
+/// subjectAltName is refused (69), saying why: mysql_async cannot skip the
+/// name check (blackbeam/mysql_async#404), and onlyone meets it with a
+/// name the certificate presents, which this one has none of (rustls
+/// ignores the Common Name). REQUIRED still connects to it.
+#[test]
+fn mysql_tls_verify_ca_refuses_a_certificate_without_subject_alt_name() {
+    let env = TestEnv::new();
+    let certs = TestCerts::generate();
+    let server = MariaDbServer::start_tls(
+        &ServerTls {
+            cert_pem: &certs.no_san_cert_pem,
+            key_pem: &certs.no_san_key_pem,
+            ca_pem: &certs.ca_pem,
+        },
+        &setup(),
+    );
+    let tlsonly = server.url("tlsonly");
+    let ca = certs.path("ca.crt");
+    assert_refused(
+        &run(
+            &env,
+            &format!("{tlsonly}?ssl-mode=VERIFY_CA&ssl-ca={}", ca.display()),
+        ),
+        "ssl-mode=VERIFY_CA needs a server certificate with a subjectAltName",
+        "VERIFY_CA, CA-signed certificate without a subjectAltName",
+    );
+    assert_ran(
+        &run(&env, &format!("{tlsonly}?ssl-mode=REQUIRED")),
+        "REQUIRED, the same certificate",
     );
 }

@@ -2,6 +2,7 @@
 //! session, with a heartbeat, fencing tokens and a lock-delay kept in a
 //! small state table. See [`MysqlBackend`] for the whole story.
 
+mod cluster;
 mod held;
 mod pool;
 mod session;
@@ -132,8 +133,12 @@ impl fmt::Debug for MysqlConfig {
 /// frees the lock. The client's socket sends TCP keepalives after 5 s of
 /// silence. A read-only server (`@@read_only`, `@@super_read_only`: a
 /// replica) is refused, since named locks are not replicated; so is a
-/// Galera node (`@@wsrep_on`), where named locks are node-local. Group
-/// Replication is not detected.
+/// Galera node (`@@wsrep_on`), where named locks are node-local, and so
+/// is a member of a MySQL Group Replication group (a group name in
+/// `@@group_replication_group_name`, the plugin `ACTIVE`, and this
+/// server's row in `performance_schema.replication_group_members` in any
+/// state but `OFFLINE`, or no row this account can see), for the same
+/// reason. These are checked when a session opens, not at every heartbeat.
 ///
 /// Waiting ([`Backend::acquire`]) happens in the server: `GET_LOCK` with a
 /// timeout, re-armed every 10 s (each round answered within its length +
@@ -462,6 +467,24 @@ impl Backend for MysqlBackend {
         });
         session.close();
         list
+    }
+
+    /// The slots of `base`, from its rows of the state table only: the
+    /// pool/plain check of every acquisition asks, and [`Backend::list`]
+    /// would read the server's view of every other lock too (three to
+    /// five more statements for each row the table has).
+    fn slots(&self, base: &LockName) -> Result<Vec<Status>> {
+        let mut session = Session::open(&self.target, self.idle_limit())?;
+        let slots = table::rows(&mut session).and_then(|rows| {
+            rows.into_iter()
+                .filter(|row| {
+                    LockName::from_stored(&row.name).is_some_and(|name| name.is_slot_of(base))
+                })
+                .map(|row| self.status_of(&mut session, row.name, &row.lock_name))
+                .collect()
+        });
+        session.close();
+        slots
     }
 
     /// The slots of a semaphore: tried on one session; when all are held,

@@ -11,7 +11,9 @@
 //!   to pass instead: a certificate that chains to the CA but does not name
 //!   the host is met again with one of the names it presents (rustls checks
 //!   the chain before the name, so only a certificate the CA signed gets
-//!   that far).
+//!   that far). A certificate that presents no name (no subjectAltName:
+//!   rustls ignores the Common Name) cannot be met so, and is refused,
+//!   saying why, though the CA signed it: the mysql client would accept it.
 
 use std::error::Error as _;
 use std::fs;
@@ -145,6 +147,12 @@ pub(super) fn explain(err: &mysql_async::Error, tls: &Tls, host: &str) -> Option
                 "TLS: the server's certificate is not trusted: it is not signed by the CA in ssl-ca{}",
                 ca()
             ),
+            CertificateError::NotValidForNameContext { presented, .. }
+                if tls.mode == SslMode::VerifyCa && plain_names(presented).is_empty() =>
+            {
+                "TLS: ssl-mode=VERIFY_CA needs a server certificate with a subjectAltName (a DNS name or an IP address), and the server's has none: the driver cannot skip the host name check (mysql_async#404), so onlyone checks the certificate against a name it presents; give the certificate a subjectAltName, or use ssl-mode=REQUIRED (encrypted, not verified)"
+                    .to_owned()
+            }
             CertificateError::NotValidForNameContext { presented, .. } => format!(
                 "TLS: host name mismatch: the server's certificate is for {}, not {host} (ssl-mode={})",
                 match plain_names(presented) {

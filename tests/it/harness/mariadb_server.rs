@@ -1,4 +1,4 @@
-//! A throwaway MariaDB server with TLS, started as scripts/with-mariadb
+//! A throwaway MariaDB server (with TLS, or plain), started as scripts/with-mariadb
 //! starts one (`mariadb-install-db` + `mariadbd`, as an unprivileged user
 //! when we are root, ready when it says READY=1 on a notify socket), with
 //! `--ssl-cert/--ssl-key/--ssl-ca` from certificates made at test time.
@@ -40,6 +40,24 @@ pub struct MariaDbServer {
 impl MariaDbServer {
     /// Starts a server with TLS; then runs `setup` (SQL) as root.
     pub fn start_tls(tls: &ServerTls<'_>, setup: &str) -> MariaDbServer {
+        MariaDbServer::start_with(Some(tls), setup, &[])
+    }
+
+    /// As [`MariaDbServer::start_tls`], with `options` (`--name=value`)
+    /// added to the server's command line.
+    pub fn start_tls_with(tls: &ServerTls<'_>, setup: &str, options: &[&str]) -> MariaDbServer {
+        MariaDbServer::start_with(Some(tls), setup, options)
+    }
+
+    /// Starts a server without TLS (plain text only), with `options`
+    /// (`--name=value`) added to its command line; then runs `setup` (SQL)
+    /// as root. (The benchmarks' server: benches/compare/mysql.rs.)
+    #[allow(dead_code)]
+    pub fn start_plain(setup: &str, options: &[&str]) -> MariaDbServer {
+        MariaDbServer::start_with(None, setup, options)
+    }
+
+    fn start_with(tls: Option<&ServerTls<'_>>, setup: &str, options: &[&str]) -> MariaDbServer {
         let dir = tempfile::Builder::new()
             .prefix("onlyone-mariadb-")
             .tempdir()
@@ -50,11 +68,14 @@ impl MariaDbServer {
             server: None,
         };
         server.own(server.dir.path());
-        for (name, text) in [
-            ("server.crt", tls.cert_pem),
-            ("server.key", tls.key_pem),
-            ("ca.crt", tls.ca_pem),
-        ] {
+        let files = tls.map_or_else(Vec::new, |tls| {
+            vec![
+                ("server.crt", tls.cert_pem),
+                ("server.key", tls.key_pem),
+                ("ca.crt", tls.ca_pem),
+            ]
+        });
+        for (name, text) in files {
             let path = server.path(name);
             fs::write(&path, text).unwrap();
             fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
@@ -86,7 +107,7 @@ impl MariaDbServer {
         drop(one_at_a_time);
         let mut errors = Vec::new();
         for _ in 0..START_ATTEMPTS {
-            match server.start_on(pick_port()) {
+            match server.start_on(pick_port(), tls.is_some(), options) {
                 Ok(()) => break,
                 Err(err) => errors.push(err),
             }
@@ -103,6 +124,12 @@ impl MariaDbServer {
              {setup}"
         ));
         server
+    }
+
+    /// The server's TCP port on 127.0.0.1 (for a proxy in front of it).
+    #[allow(dead_code)]
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// `mysql://USER@127.0.0.1:PORT/onlyone_test`
@@ -141,7 +168,7 @@ impl MariaDbServer {
 
     /// Starts the server on `port` and waits until it says it is ready,
     /// or has exited (the port was taken).
-    fn start_on(&mut self, port: u16) -> Result<(), String> {
+    fn start_on(&mut self, port: u16, tls: bool, options: &[&str]) -> Result<(), String> {
         let notify_path = self.path("notify.sock");
         let _ = fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path).expect("bind the notify socket");
@@ -150,8 +177,8 @@ impl MariaDbServer {
             .set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let log = self.path("server.log");
-        let mut child = self
-            .as_server_user(&program("mariadbd"))
+        let mut command = self.as_server_user(&program("mariadbd"));
+        command
             .arg("--no-defaults")
             .arg(format!("--datadir={}", self.path("data").display()))
             .arg(format!("--socket={}", self.path("mysqld.sock").display()))
@@ -167,9 +194,14 @@ impl MariaDbServer {
                 "--innodb-doublewrite=0",
                 "--skip-name-resolve",
             ])
-            .arg(format!("--ssl-cert={}", self.path("server.crt").display()))
-            .arg(format!("--ssl-key={}", self.path("server.key").display()))
-            .arg(format!("--ssl-ca={}", self.path("ca.crt").display()))
+            .args(options);
+        if tls {
+            command
+                .arg(format!("--ssl-cert={}", self.path("server.crt").display()))
+                .arg(format!("--ssl-key={}", self.path("server.key").display()))
+                .arg(format!("--ssl-ca={}", self.path("ca.crt").display()));
+        }
+        let mut child = command
             .env("NOTIFY_SOCKET", &notify_path)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -1,5 +1,6 @@
 //! Certificates made at test time (rcgen) for a TLS test cluster: a CA, a
-//! server certificate for `localhost` signed by it, client certificates for
+//! server certificate for `localhost` signed by it (and one without a
+//! subjectAltName, for MySQL's VERIFY_CA), client certificates for
 //! the role `certuser` (one signed by the CA, one by a second, unrelated CA
 //! that the server does not trust), and a revocation list that revokes the
 //! server's certificate. Files live in a temp dir removed on drop.
@@ -28,6 +29,10 @@ pub struct TestCerts {
     pub server_cert_pem: String,
     pub server_key_pem: String,
     pub ca_pem: String,
+    /// A second server certificate signed by the CA, with the Common Name
+    /// `localhost` but no subjectAltName, and its key.
+    pub no_san_cert_pem: String,
+    pub no_san_key_pem: String,
 }
 
 impl TestCerts {
@@ -46,12 +51,20 @@ impl TestCerts {
             .push(DnType::CommonName, "localhost");
         server.serial_number = Some(SerialNumber::from(SERVER_SERIAL));
         let server_cert = server.signed_by(&server_key, &ca_issuer).unwrap();
+        let no_san_key = KeyPair::generate().unwrap();
+        let mut no_san = CertificateParams::new(Vec::<String>::new()).unwrap();
+        no_san
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let no_san_cert = no_san.signed_by(&no_san_key, &ca_issuer).unwrap();
 
         let certs = TestCerts {
             dir,
             server_cert_pem: server_cert.pem(),
             server_key_pem: server_key.serialize_pem(),
             ca_pem: ca.clone(),
+            no_san_cert_pem: no_san_cert.pem(),
+            no_san_key_pem: no_san_key.serialize_pem(),
         };
         certs.write("ca.crt", &ca, 0o644);
         certs.write("other-ca.crt", &other_ca, 0o644);
