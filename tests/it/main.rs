@@ -23,6 +23,7 @@ mod library;
 mod man;
 mod messages;
 mod model;
+mod mysql_fence;
 mod mysql_run;
 mod mysql_tls;
 mod operate;

@@ -2,6 +2,8 @@
 //! session, with a heartbeat, fencing tokens and a lock-delay kept in a
 //! small state table. See [`MysqlBackend`] for the whole story.
 
+mod fence;
+mod guard;
 mod held;
 mod pool;
 mod session;
@@ -278,6 +280,7 @@ impl MysqlBackend {
     fn open(&self) -> Result<Session> {
         let mut session = Session::open(&self.target, self.idle_limit())?;
         table::ensure(&mut session)?;
+        guard::ensure(&mut session)?;
         Ok(session)
     }
 
@@ -366,6 +369,7 @@ impl MysqlBackend {
             interval: self.config.timing.heartbeat,
             deadline: self.heartbeat_deadline(),
             holding,
+            fence: fence::fence_sql(self.database(), name, acquisition.token),
         };
         let held = MysqlHeld::start(session, keep, record).map_err(lost_before_start)?;
         if !acquisition.previous_was_held {

@@ -385,6 +385,17 @@ impl Session {
         call(runtime, Some(deadline), conn.exec(sql, params))
     }
 
+    /// A query's rows, with parameters, answered whenever the server
+    /// answers: for a wait in the server's lock queue that has no deadline.
+    pub fn exec_rows_waiting<T: mysql_async::prelude::FromRow + Send + 'static>(
+        &mut self,
+        sql: &str,
+        params: Vec<mysql_async::Value>,
+    ) -> std::result::Result<Vec<T>, Failure> {
+        let (runtime, conn) = self.conn();
+        call(runtime, None, conn.exec(sql, params))
+    }
+
     /// Takes the named lock `lock` (already mapped, see `lock_name_for`):
     /// true when taken, false when someone else holds it (at the
     /// deadline). A wait is `GET_LOCK` in the server, re-armed every

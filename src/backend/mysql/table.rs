@@ -162,10 +162,15 @@ fn record_once(
     )?;
     session.execute("START TRANSACTION")?;
     let recorded = (|| {
-        let previous: Vec<(u64, String, Option<u64>, Option<u64>)> = session.exec_rows(
-            "SELECT token, state, stop_within_ms, owed_ms FROM onlyone_locks WHERE lock_name = ? FOR UPDATE",
-            vec![lock_name.into()],
-        )?;
+        // Waits for the previous holder's fenced transactions (see
+        // `fence.rs`): the token is committed only once they have ended.
+        let previous: Vec<(u64, String, Option<u64>, Option<u64>)> =
+            super::fence::lock_row_after_fenced(
+                session,
+                name,
+                "SELECT token, state, stop_within_ms, owed_ms FROM onlyone_locks WHERE lock_name = ? FOR UPDATE",
+                vec![lock_name.into()],
+            )?;
         let (token, previous_was_held, owed) = match previous.into_iter().next() {
             None => (1, false, Duration::ZERO),
             Some((token, state, stop_within_ms, owed_ms)) => {
