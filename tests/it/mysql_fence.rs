@@ -389,3 +389,75 @@ fn mysql_a_fenced_transaction_holds_off_the_next_holder_until_it_ends() {
     next.kill();
     sql(&url(), &format!("DROP TABLE {table}"));
 }
+
+/// `stop` while the holder's command is inside a fenced transaction: the
+/// transaction share-locks the row that `stop` marks, and ends only once
+/// the command is stopped. `stop` ends the holder's session anyway, within
+/// seconds (it waited for the row and failed after 10 s before), and the
+/// next holder starts once the stopped command's transaction is gone.
+#[test]
+fn mysql_stop_ends_a_holder_whose_command_is_in_a_fenced_transaction() {
+    let env = TestEnv::new();
+    let name = unique("my-fence-stop");
+    let target = server(&url());
+    let mut holder = start(
+        &env,
+        &run_args(
+            &url(),
+            &name,
+            &[],
+            &format!(
+                "(echo \"START TRANSACTION; $ONLYONE_FENCE; SELECT 'fenced';\"; exec sleep 1000) | \
+                 mariadb --no-defaults -h {} -P {} -u {} -N -B --unbuffered {}",
+                target.host, target.port, target.user, target.db
+            ),
+        ),
+    );
+    holder.expect_stdout_line("fenced");
+    let started = Instant::now();
+    let stopped = env.run(&["stop", "--mysql", &url(), &name]);
+    assert_exit(&stopped, 0);
+    assert!(
+        stderr(&stopped).contains("fenced transactions of the holder's command hold its row"),
+        "{}",
+        stderr(&stopped)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let (status, _, err) = holder.finish();
+    assert_eq!(crate::util::code(status), 74, "{err}");
+    let next = run(
+        &env,
+        &run_args(&url(), &name, &["--wait"], "echo $ONLYONE_TOKEN"),
+    );
+    assert_exit(&next, 0);
+    assert_eq!(String::from_utf8_lossy(&next.stdout).trim(), "2");
+}
+
+/// A fence that raised takes no row lock: InnoDB would keep it until the
+/// transaction ends, and a stale holder's failed transaction, left open,
+/// would hold the next holder off (it waited with no deadline).
+#[test]
+fn mysql_a_fence_that_raised_does_not_hold_off_the_next_holder() {
+    let env = TestEnv::new();
+    let name = unique("my-fence-raised");
+    let first = run(
+        &env,
+        &run_args(&url(), &name, &[], "echo \"$ONLYONE_FENCE\""),
+    );
+    assert_exit(&first, 0);
+    let fence = String::from_utf8_lossy(&first.stdout).trim().to_owned();
+    // Token 1 was released: its fence raises, in a transaction left open.
+    let mut program = Program::open(&url());
+    program.send(&format!("START TRANSACTION; {fence}"), "raised");
+    program
+        .running
+        .expect_stderr_containing("(current token 1, released)");
+    let mut next = start(&env, &run_args(&url(), &name, &[], "echo $ONLYONE_TOKEN"));
+    next.expect_stdout_line("2");
+    let (status, _, err) = next.finish();
+    assert_eq!(crate::util::code(status), 0, "{err}");
+    assert!(
+        !err.contains("waiting for the fenced transactions"),
+        "{err}"
+    );
+}

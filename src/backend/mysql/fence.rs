@@ -39,7 +39,10 @@ pub(super) const FENCE_PARAMETERS: &str = "given_name varchar 255, given_token b
 /// the same name. The row is found by its primary key, the lock name
 /// mapped as `MysqlBackend::lock_name_for` maps it (the function runs
 /// with its own database as the default one), so that the locking read
-/// locks that row and no other.
+/// locks that row and no other. A stale token is refused from a plain
+/// read first, without a row lock: InnoDB keeps a lock taken by a
+/// statement that then fails until the transaction ends, and a stale
+/// holder's failed transaction, left open, would hold off the next holder.
 pub(super) const FENCE_BODY: &str = "\
 BEGIN
   DECLARE scoped VARCHAR(512) CHARACTER SET utf8mb4;
@@ -56,8 +59,12 @@ BEGIN
   IF CHAR_LENGTH(row_key) > 64 OR CAST(row_key AS BINARY) <> CAST(LOWER(row_key) AS BINARY) THEN
     SET row_key = CONCAT('onlyone/sha256/', LEFT(SHA2(scoped, 256), 48));
   END IF;
-  SELECT token, state INTO row_token, row_state FROM onlyone_locks
-    WHERE lock_name = row_key LOCK IN SHARE MODE;
+  SELECT token, state INTO row_token, row_state FROM onlyone_locks WHERE lock_name = row_key;
+  IF row_token = given_token AND row_state = 'held' THEN
+    SET row_token = NULL;
+    SELECT token, state INTO row_token, row_state FROM onlyone_locks
+      WHERE lock_name = row_key LOCK IN SHARE MODE;
+  END IF;
   IF row_token IS NULL THEN
     SET message = LEFT(CONCAT('onlyone: stale fencing token ', given_token, ' for lock ''', given_name, ''' (current token none)'), 128);
     SIGNAL SQLSTATE 'ON001' SET MESSAGE_TEXT = message;
