@@ -275,16 +275,27 @@ fn mysql_without_the_privilege_to_create_triggers_says_what_to_run() {
 #[test]
 fn mysql_the_fence_accepts_the_current_token_and_refuses_a_stale_one() {
     let env = TestEnv::new();
-    for name in [
-        unique("my-fence"),
-        format!("My-Fence-{}", std::process::id()),
+    let pid = std::process::id();
+    // A plain name, one hashed for its capitals, and a slot of `--max`.
+    for (name, extra, fenced) in [
+        (unique("my-fence"), &[][..], unique("my-fence")),
+        (
+            format!("My-Fence-{pid}"),
+            &[][..],
+            format!("My-Fence-{pid}"),
+        ),
+        (
+            unique("my-fence-max"),
+            &["--max", "2"][..],
+            format!("{}@1", unique("my-fence-max")),
+        ),
     ] {
         let mut holder = start(
             &env,
             &run_args(
                 &url(),
                 &name,
-                &[],
+                extra,
                 &format!(
                     "echo \"$ONLYONE_TOKEN\"; echo \"$ONLYONE_FENCE\"; {}",
                     witnessed(&env, "ready")
@@ -297,7 +308,7 @@ fn mysql_the_fence_accepts_the_current_token_and_refuses_a_stale_one() {
         let db = server(&url()).db;
         assert_eq!(
             fence,
-            format!("SELECT `{db}`.onlyone_fence('{name}', {token})")
+            format!("SELECT `{db}`.onlyone_fence('{fenced}', {token})")
         );
         assert_eq!(
             sql(&url(), &format!("START TRANSACTION; {fence}; COMMIT")),
@@ -306,13 +317,13 @@ fn mysql_the_fence_accepts_the_current_token_and_refuses_a_stale_one() {
         let stale = sql_error(
             &url(),
             &format!(
-                "START TRANSACTION; SELECT `{db}`.onlyone_fence('{name}', {})",
+                "START TRANSACTION; SELECT `{db}`.onlyone_fence('{fenced}', {})",
                 token + 1
             ),
         );
         assert!(
             stale.contains(&format!(
-                "(ON001) at line 1: onlyone: stale fencing token {} for lock '{name}' (current token {token}, held)",
+                "(ON001) at line 1: onlyone: stale fencing token {} for lock '{fenced}' (current token {token}, held)",
                 token + 1
             )),
             "{stale}"

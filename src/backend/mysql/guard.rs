@@ -75,6 +75,12 @@ fn trigger_ddl(name: &str, event: &str, body: &str) -> String {
 /// first; it is checked like any other.
 const ALREADY_EXISTS: [u16; 2] = [1359, 1304];
 
+/// ER_LOCK_WAIT_TIMEOUT: here, the table's metadata lock.
+const LOCK_WAIT_TIMEOUT: u16 = 1205;
+
+/// How long creating a trigger waits for the table (`lock_wait_timeout`).
+const CREATE_WAIT_SECONDS: u64 = 5;
+
 /// A trigger on the table, as `information_schema.TRIGGERS` shows it.
 type TriggerFacts = (String, String, String, String, Option<String>);
 
@@ -118,12 +124,25 @@ pub(super) fn ensure(session: &mut Session) -> Result<()> {
     if !shape.fence {
         statements.push(fence_ddl());
     }
+    // Creating a trigger waits for every open transaction on the table
+    // (a metadata lock), and every statement on the table waits behind
+    // it: give up after a few seconds rather than the server's year.
+    session
+        .execute(&format!(
+            "SET SESSION lock_wait_timeout = {CREATE_WAIT_SECONDS}"
+        ))
+        .map_err(|failure| session.error("creating the state table's guard triggers", failure))?;
     for statement in &statements {
         match session.execute(statement) {
             Ok(()) => {}
             Err(failure) if failure.code().is_some_and(|c| ALREADY_EXISTS.contains(&c)) => {}
-            Err(failure) if failure.ends_session() => {
-                return Err(session.error("creating the state table's guard triggers", failure));
+            Err(failure) if failure.ends_session() || failure.code() == Some(LOCK_WAIT_TIMEOUT) => {
+                return Err(session.error(
+                    &format!(
+                        "creating the state table's guard triggers (it waits for every open transaction on onlyone_locks, at most {CREATE_WAIT_SECONDS} s)"
+                    ),
+                    failure,
+                ));
             }
             Err(failure) => {
                 return Err(Error::unavailable(format!(
