@@ -2,7 +2,8 @@
 //! beside the state table (in its database, reading it) that a holder's
 //! command calls first inside its own transaction. It raises (SQLSTATE
 //! `ON001`) unless `token` is the current token of `name`'s row and the
-//! row says `held`, and it reads that row `LOCK IN SHARE MODE`: InnoDB
+//! row says `held`, and, when they match, it reads that row again
+//! `LOCK IN SHARE MODE` (and checks again): InnoDB
 //! keeps the shared row lock to the end of the caller's transaction, and
 //! the next holder's token increment (`SELECT … FOR UPDATE`) must wait for
 //! it. So a transaction that passed the fence ends before the next token
@@ -11,7 +12,9 @@
 //! The next holder first asks for the row with a wait of one second; when
 //! fenced transactions hold it that long it says so and then waits for
 //! them in InnoDB's lock queue with no deadline of its own
-//! ([`WAIT_FOREVER`]), where fences that start meanwhile queue behind it.
+//! ([`WAIT_FOREVER`]), where fences that start meanwhile queue behind its
+//! waiting exclusive request (checked on MariaDB 10.11: a new shared
+//! request waits behind a waiting exclusive one).
 
 use super::session::{Failure, Session};
 use crate::name::LockName;
