@@ -384,6 +384,11 @@ fn mysql_a_fenced_transaction_holds_off_the_next_holder_until_it_ends() {
     next.expect_stderr_containing(
         "waiting for the fenced transactions of the previous holder to end",
     );
+    // The wait has no deadline: not the client's 10 s answer deadline
+    // (the starter gave up its session and started over, waiting again),
+    // nor the server's innodb_lock_wait_timeout. The transaction stays
+    // open past the first.
+    std::thread::sleep(std::time::Duration::from_secs(12));
     // Still in the open transaction, after the next holder began to wait:
     // the old holder's write, then its commit.
     program.send(&format!("INSERT INTO {table} VALUES (1)"), "written");
@@ -397,7 +402,12 @@ fn mysql_a_fenced_transaction_holds_off_the_next_holder_until_it_ends() {
         .running
         .expect_stderr_containing("onlyone: stale fencing token 1 for lock");
     assert!(err.contains("(current token 2, held)"), "{err}");
-    next.kill();
+    next.signal(libc::SIGTERM);
+    let (_, _, rest) = next.finish();
+    assert!(
+        !rest.contains("waiting for the fenced transactions") && !rest.contains("trying again"),
+        "one wait, never given up: {rest}"
+    );
     sql(&url(), &format!("DROP TABLE {table}"));
 }
 
