@@ -482,3 +482,56 @@ fn mysql_a_fence_that_raised_does_not_hold_off_the_next_holder() {
         "{err}"
     );
 }
+
+/// An account that may use the table and see its triggers, but not read
+/// the fence function that a privileged account created, cannot check it:
+/// refused (69), saying what to grant; granted that, it runs.
+#[test]
+fn mysql_an_account_that_cannot_read_the_fence_is_told_what_to_grant() {
+    let env = TestEnv::new();
+    let own = own_database("noproc");
+    let target = server(&own);
+    let name = unique("my-noproc");
+    assert_exit(&run(&env, &run_args(&own, &name, &[], "echo ran")), 0);
+    let user = format!("onlyone_np_{}", std::process::id());
+    sql(
+        &url(),
+        &format!(
+            "CREATE USER IF NOT EXISTS '{user}'@'%'; \
+             GRANT SELECT, INSERT, UPDATE, CREATE, TRIGGER ON `{}`.* TO '{user}'@'%'",
+            target.db
+        ),
+    );
+    let limited = format!(
+        "mysql://{user}@{}:{}/{}",
+        target.host, target.port, target.db
+    );
+    let out = run(&env, &run_args(&limited, &name, &[], "echo ran"));
+    assert_exit(&out, 69);
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("SELECT ON mysql.proc"), "{err}");
+    assert!(out.stdout.is_empty());
+    sql(
+        &url(),
+        &format!(
+            "GRANT SELECT ON mysql.proc TO '{user}'@'%'; \
+             GRANT EXECUTE ON FUNCTION `{}`.onlyone_fence TO '{user}'@'%'",
+            target.db
+        ),
+    );
+    let out = run(
+        &env,
+        &run_args(
+            &limited,
+            &name,
+            &[],
+            &format!(
+                "mariadb --no-defaults -h {} -P {} -u {user} -N -B {} -e \"START TRANSACTION; $ONLYONE_FENCE; COMMIT\"",
+                target.host, target.port, target.db
+            ),
+        ),
+    );
+    assert_exit(&out, 0);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+}
