@@ -11,6 +11,7 @@ mod attack_fence;
 mod attack_file;
 mod attack_handoff;
 mod attack_mysql;
+mod attack_mysql_fence;
 mod attack_perf;
 mod attack_pg;
 mod attack_portable;

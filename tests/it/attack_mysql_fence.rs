@@ -1,0 +1,86 @@
+//! Adversarial tests of the MySQL/MariaDB guard triggers and fence
+//! function (branch my-fence), against the test server
+//! (ONLYONE_TEST_MYSQL_URL), each in a database of its own.
+
+#![cfg(feature = "mysql")]
+
+use crate::mysql_fence::own_database;
+use crate::mysql_run::{lock_name_in, run, run_args, server, sql, start, witnessed};
+use crate::util::{TestEnv, stderr};
+
+/// Finding 1: the token stops growing at the top of BIGINT UNSIGNED
+/// (`saturating_add`). A row planted with the largest token (an INSERT,
+/// which no trigger guards, or an UPDATE by a session that took the free
+/// named lock) makes two acquisitions share one token, so the earlier
+/// holder's fence passes while the later one holds the lock: its stale
+/// write commits. A token that cannot grow must refuse the acquisition.
+#[test]
+fn mysql_attack_the_largest_token_is_never_handed_out_twice() {
+    let env = TestEnv::new();
+    let url = own_database("attack_top");
+    let db = server(&url).db;
+    let name = "top-token";
+    // The table, its triggers and the fence, made the ordinary way.
+    let made = run(&env, &run_args(&url, "maker", &[], "true"));
+    assert!(made.status.success(), "{}", stderr(&made));
+    let lock_name = lock_name_in(&url, name);
+    sql(
+        &url,
+        &format!(
+            "INSERT INTO onlyone_locks (lock_name, name, token, state) \
+             VALUES ('{lock_name}', '{name}', 18446744073709551614, 'released')"
+        ),
+    );
+    let first = run(&env, &run_args(&url, name, &[], "echo \"$ONLYONE_FENCE\""));
+    assert!(first.status.success(), "{}", stderr(&first));
+    let stale_fence = String::from_utf8_lossy(&first.stdout).trim().to_owned();
+    assert_eq!(
+        stale_fence,
+        format!("SELECT `{db}`.onlyone_fence('{name}', 18446744073709551615)")
+    );
+    let mut second = start(&env, &run_args(&url, name, &[], &witnessed(&env, "ready")));
+    let started = second.try_expect_stdout_line("ready");
+    // The first holder's token must not be the second's: either the second
+    // does not start, or the first holder's fence is refused.
+    if started {
+        let out = crate::mysql_run::client(&url)
+            .args(["-e", &format!("START TRANSACTION; {stale_fence}; COMMIT")])
+            .output()
+            .expect("run mariadb");
+        assert!(
+            !out.status.success(),
+            "the first holder's fence passed while the second holds the lock with the same token"
+        );
+    }
+    second.kill();
+}
+
+/// Finding 2: no trigger guards INSERT. Another session (with INSERT on the
+/// table, no named lock) plants the row of a name not used yet, as held
+/// with a huge lock-delay owed: the name's first holder then waits that
+/// long before its command starts (here, for ever). The table is
+/// "written only by a session that holds the row's named lock".
+#[test]
+fn mysql_attack_another_session_may_not_insert_a_row() {
+    let env = TestEnv::new();
+    let url = own_database("attack_ins");
+    let made = run(&env, &run_args(&url, "maker", &[], "true"));
+    assert!(made.status.success(), "{}", stderr(&made));
+    let name = "planted";
+    let lock_name = lock_name_in(&url, name);
+    let out = crate::mysql_run::client(&url)
+        .args([
+            "-e",
+            &format!(
+                "INSERT INTO onlyone_locks (lock_name, name, token, state, stop_within_ms, owed_ms) \
+                 VALUES ('{lock_name}', '{name}', 7, 'held', 1000000000000, 1000000000000)"
+            ),
+        ])
+        .output()
+        .expect("run mariadb");
+    assert!(
+        !out.status.success(),
+        "another session planted a held row owing 31 years of lock-delay"
+    );
+    assert!(stderr(&out).contains("(23001)"), "{}", stderr(&out));
+}
