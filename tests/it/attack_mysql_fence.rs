@@ -14,6 +14,8 @@ use crate::util::{TestEnv, stderr};
 /// named lock) makes two acquisitions share one token, so the earlier
 /// holder's fence passes while the later one holds the lock: its stale
 /// write commits. A token that cannot grow must refuse the acquisition.
+/// Planted here by a session that took the free named lock itself, which
+/// the triggers let through (as they must: that is what a starter does).
 #[test]
 fn mysql_attack_the_largest_token_is_never_handed_out_twice() {
     let env = TestEnv::new();
@@ -27,8 +29,10 @@ fn mysql_attack_the_largest_token_is_never_handed_out_twice() {
     sql(
         &url,
         &format!(
-            "INSERT INTO onlyone_locks (lock_name, name, token, state) \
-             VALUES ('{lock_name}', '{name}', 18446744073709551614, 'released')"
+            "DO GET_LOCK('{lock_name}', 0); \
+             INSERT INTO onlyone_locks (lock_name, name, token, state) \
+             VALUES ('{lock_name}', '{name}', 18446744073709551614, 'released'); \
+             DO RELEASE_LOCK('{lock_name}')"
         ),
     );
     let first = run(&env, &run_args(&url, name, &[], "echo \"$ONLYONE_FENCE\""));
@@ -47,12 +51,20 @@ fn mysql_attack_the_largest_token_is_never_handed_out_twice() {
             .args(["-e", &format!("START TRANSACTION; {stale_fence}; COMMIT")])
             .output()
             .expect("run mariadb");
+        second.kill();
         assert!(
             !out.status.success(),
             "the first holder's fence passed while the second holds the lock with the same token"
         );
+        return;
     }
-    second.kill();
+    let (status, out, err) = second.finish();
+    assert_eq!(crate::util::code(status), 77, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("is 18446744073709551615 already, the largest there is, and cannot grow"),
+        "{err}"
+    );
 }
 
 /// Finding 2: no trigger guards INSERT. Another session (with INSERT on the

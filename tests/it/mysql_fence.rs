@@ -130,7 +130,12 @@ fn mysql_other_sessions_may_not_delete_or_change_a_row() {
             "REPLACE INTO onlyone_locks (lock_name, name, token, state) VALUES ('{lock_name}', '{name}', 9, 'released')"
         ),
     );
-    assert!(replaced.contains("cannot be deleted"), "{replaced}");
+    // REPLACE and INSERT … ON DUPLICATE KEY UPDATE insert first: the guard
+    // against adding rows refuses them before the row is looked at.
+    assert!(
+        replaced.contains("can only be added by the session that holds its named lock"),
+        "{replaced}"
+    );
     let upserted = sql_error(
         &url(),
         &format!(
@@ -139,7 +144,7 @@ fn mysql_other_sessions_may_not_delete_or_change_a_row() {
         ),
     );
     assert!(
-        upserted.contains("can only be changed by the session"),
+        upserted.contains("can only be added by the session that holds its named lock"),
         "{upserted}"
     );
     assert_eq!(

@@ -7,7 +7,10 @@
 //! KEY UPDATE`) that changes a row's lock name or moves its token back, or
 //! that changes anything else from a session that does not hold the row's
 //! named lock (`IS_USED_LOCK(lock_name) = CONNECTION_ID()`), except
-//! `stop`'s mark: `stopped_token` set to the row's current token.
+//! `stop`'s mark: `stopped_token` set to the row's current token; and
+//! every `INSERT` of a row from a session that does not hold its named
+//! lock (a row planted for a name not used yet could owe years of
+//! lock-delay, or carry the largest token).
 //!
 //! A trigger runs with its definer's rights for every writer of the table,
 //! and a different body undoes the guard; a function named as the fence
@@ -61,9 +64,27 @@ BEGIN
   END IF;
 END";
 
+/// The guard against adding rows.
+const INSERT_TRIGGER: &str = "onlyone_guard_insert";
+
+/// The body of [`INSERT_TRIGGER`]. Only the session that holds a row's
+/// named lock adds it (the starter's placeholder and its acquisition, the
+/// holder's write-back): a row planted by another session for a name not
+/// used yet would be taken as the previous holder's, with whatever
+/// lock-delay it says is owed and whatever token.
+const INSERT_BODY: &str = "\
+BEGIN
+  DECLARE message VARCHAR(128);
+  IF NOT (IS_USED_LOCK(NEW.lock_name) <=> CONNECTION_ID()) THEN
+    SET message = LEFT(CONCAT('onlyone: a row of lock ''', NEW.name, ''' can only be added by the session that holds its named lock'), 128);
+    SIGNAL SQLSTATE '23001' SET MESSAGE_TEXT = message;
+  END IF;
+END";
+
 /// The guard triggers: name, event, body.
-const TRIGGERS: [(&str, &str, &str); 2] = [
+const TRIGGERS: [(&str, &str, &str); 3] = [
     (DELETE_TRIGGER, "DELETE", DELETE_BODY),
+    (INSERT_TRIGGER, "INSERT", INSERT_BODY),
     (UPDATE_TRIGGER, "UPDATE", UPDATE_BODY),
 ];
 
@@ -91,7 +112,7 @@ type FenceFacts = (Option<String>, Option<String>);
 /// What is there beside the table.
 struct Shape {
     /// Each guard trigger, present and onlyone's.
-    triggers: [bool; 2],
+    triggers: [bool; 3],
     fence: bool,
 }
 
@@ -186,7 +207,7 @@ fn inspect(session: &mut Session) -> Result<Shape> {
             Vec::new(),
         )
         .map_err(|failure| session.error("reading the state table's triggers", failure))?;
-    let mut present = [false; 2];
+    let mut present = [false; 3];
     for (name, event, timing, orientation, statement) in triggers {
         let ours = TRIGGERS.iter().position(|(own, own_event, body)| {
             name == *own
@@ -252,11 +273,12 @@ mod tests {
     #[test]
     fn every_statement_creates_in_the_current_database() {
         let statements = all_statements();
-        assert_eq!(statements.len(), 3);
+        assert_eq!(statements.len(), 4);
         assert!(statements[0].starts_with(
             "CREATE TRIGGER onlyone_guard_delete BEFORE DELETE ON onlyone_locks FOR EACH ROW BEGIN"
         ));
-        assert!(statements[1].contains("IS_USED_LOCK(OLD.lock_name) <=> CONNECTION_ID()"));
-        assert!(statements[2].starts_with("CREATE FUNCTION onlyone_fence("));
+        assert!(statements[1].contains("IS_USED_LOCK(NEW.lock_name) <=> CONNECTION_ID()"));
+        assert!(statements[2].contains("IS_USED_LOCK(OLD.lock_name) <=> CONNECTION_ID()"));
+        assert!(statements[3].starts_with("CREATE FUNCTION onlyone_fence("));
     }
 }
