@@ -4,7 +4,7 @@
 
 #![cfg(feature = "mysql")]
 
-use crate::mysql_fence::own_database;
+use crate::mysql_fence::{Program, own_database};
 use crate::mysql_run::{lock_name_in, run, run_args, server, sql, start, witnessed};
 use crate::util::{TestEnv, stderr};
 
@@ -95,4 +95,67 @@ fn mysql_attack_another_session_may_not_insert_a_row() {
         "another session planted a held row owing 31 years of lock-delay"
     );
     assert!(stderr(&out).contains("(23001)"), "{}", stderr(&out));
+}
+
+/// Finding 3: the next holder's wait for the previous holder's fenced
+/// transactions "has no deadline", but an account with a statement time
+/// limit (MariaDB `CREATE USER … WITH MAX_STATEMENT_TIME 2`, or the
+/// server's `max_statement_time`) had the server interrupt it: the
+/// starter, run with `--wait`, gave up with 69 ("recording the fencing
+/// token: … max_statement_time exceeded") two seconds into the wait. (Its
+/// `GET_LOCK` waits, rounds of 10 s, were interrupted the same way.) The
+/// session's statements are onlyone's to time.
+#[test]
+fn mysql_attack_a_statement_time_limit_does_not_end_the_wait_for_fenced_transactions() {
+    let env = TestEnv::new();
+    let url = own_database("attack_mst");
+    let target = server(&url);
+    let user = format!("amf_mst_{}", std::process::id());
+    sql(
+        &url,
+        &format!(
+            "DROP USER IF EXISTS '{user}'@'%'; \
+             CREATE USER '{user}'@'%' WITH MAX_STATEMENT_TIME 2; \
+             GRANT ALL ON `{}`.* TO '{user}'@'%'; GRANT SELECT ON mysql.proc TO '{user}'@'%'",
+            target.db
+        ),
+    );
+    let limited = format!(
+        "mysql://{user}@{}:{}/{}",
+        target.host, target.port, target.db
+    );
+    let name = "limited";
+    let mut holder = start(
+        &env,
+        &run_args(
+            &url,
+            name,
+            &[],
+            &format!("echo \"$ONLYONE_FENCE\"; {}", witnessed(&env, "ready")),
+        ),
+    );
+    let fence = holder.expect_stdout_any();
+    holder.expect_stdout_line("ready");
+    let mut program = Program::open(&url);
+    program.send(&format!("START TRANSACTION; {fence}"), "fenced");
+    holder.kill();
+    let mut next = start(
+        &env,
+        &run_args(&limited, name, &["--wait"], "echo next; exec sleep 1000"),
+    );
+    next.expect_stderr_containing(
+        "waiting for the fenced transactions of the previous holder to end",
+    );
+    // Past the account's limit, the wait goes on.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    program.send("COMMIT", "committed");
+    let started = next.try_expect_stdout_line("next");
+    next.signal(libc::SIGTERM);
+    let (status, _, err) = next.finish();
+    sql(&url, &format!("DROP USER '{user}'@'%'"));
+    assert!(
+        started,
+        "the next holder gave up its wait (exit {}): {err}",
+        crate::util::code(status)
+    );
 }

@@ -42,13 +42,13 @@ fn sql_error(url: &str, statement: &str) -> String {
 /// A `mariadb` client session kept open, fed statement by statement: a
 /// program's own connection, outside any onlyone's process group (as a
 /// process that escaped it, or one on another machine).
-struct Program {
-    running: Running,
+pub(crate) struct Program {
+    pub(crate) running: Running,
     input: ChildStdin,
 }
 
 impl Program {
-    fn open(url: &str) -> Program {
+    pub(crate) fn open(url: &str) -> Program {
         let mut command = client(url);
         // The client goes on after an error, and prints it.
         command
@@ -62,7 +62,7 @@ impl Program {
     }
 
     /// Sends `statements`, then `SELECT 'said'`, and waits for `said`.
-    fn send(&mut self, statements: &str, said: &str) {
+    pub(crate) fn send(&mut self, statements: &str, said: &str) {
         writeln!(self.input, "{statements}; SELECT '{said}';").expect("write to mariadb");
         self.input.flush().expect("flush");
         self.running.expect_stdout_line(said);
