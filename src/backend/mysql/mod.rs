@@ -183,8 +183,8 @@ impl fmt::Debug for MysqlConfig {
 /// clean release, counted from its own acquisition, as the PostgreSQL
 /// backend does.
 ///
-/// Triggers refuse to delete a row or to change it from a session that
-/// does not hold its named lock (`stop`'s mark excepted); `TRUNCATE` fires
+/// Triggers refuse to delete a row, or to add or change one from a
+/// session that does not hold its named lock (`stop`'s mark excepted); `TRUNCATE` fires
 /// none, so the holder also checks its row at every heartbeat and writes
 /// it back when it was deleted or altered. The triggers and the fence
 /// function are read from `information_schema` before each start: any
