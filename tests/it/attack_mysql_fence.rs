@@ -159,3 +159,57 @@ fn mysql_attack_a_statement_time_limit_does_not_end_the_wait_for_fenced_transact
         crate::util::code(status)
     );
 }
+
+/// Finding 4: the 69 message for an account that may not create the
+/// triggers gives "DELIMITER // CREATE TRIGGER … // DELIMITER ;" on one line,
+/// with the bodies' line breaks shown as `\n`. Given to the `mariadb`
+/// client as shown (the statements, with `//` as the delimiter), it
+/// created nothing and exited 0; and statements on one line would not have
+/// matched the multi-line bodies onlyone checks (77). What the message
+/// says to run must create exactly what onlyone checks.
+#[test]
+fn mysql_attack_the_statements_the_privilege_message_gives_create_what_is_checked() {
+    let env = TestEnv::new();
+    let own = own_database("attack_paste");
+    let target = server(&own);
+    let user = format!("amf_paste_{}", std::process::id());
+    sql(
+        &own,
+        &format!(
+            "DROP USER IF EXISTS '{user}'@'%'; CREATE USER '{user}'@'%'; \
+             GRANT SELECT, INSERT, UPDATE, CREATE ON `{}`.* TO '{user}'@'%'",
+            target.db
+        ),
+    );
+    let limited = format!(
+        "mysql://{user}@{}:{}/{}",
+        target.host, target.port, target.db
+    );
+    let out = run(&env, &run_args(&limited, "pasted", &[], "echo ran"));
+    assert_eq!(crate::util::code(out.status), 69, "{}", stderr(&out));
+    let err = stderr(&out);
+    let from = err
+        .find("CREATE TRIGGER")
+        .expect("statements in the message");
+    let to = err.rfind("END //").expect("statements end") + "END //".len();
+    let statements = &err[from..to];
+    let mut admin = crate::mysql_run::client(&own);
+    admin
+        .arg("--delimiter=//")
+        .stdin(std::process::Stdio::piped());
+    let mut child = admin.spawn().expect("run mariadb");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), statements.as_bytes())
+        .expect("write");
+    assert!(child.wait().expect("mariadb").success());
+    sql(
+        &own,
+        &format!(
+            "GRANT TRIGGER ON `{}`.* TO '{user}'@'%'; GRANT SELECT ON mysql.proc TO '{user}'@'%'",
+            target.db
+        ),
+    );
+    let out = run(&env, &run_args(&limited, "pasted", &[], "echo ran"));
+    sql(&own, &format!("DROP USER '{user}'@'%'"));
+    assert_eq!(crate::util::code(out.status), 0, "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ran");
+}
