@@ -266,7 +266,7 @@ fn mysql_without_the_privilege_to_create_triggers_says_what_to_run() {
     assert!(
         err.contains("cannot create the guard triggers and the fence function")
             && err.contains(
-                "DELIMITER // CREATE TRIGGER onlyone_guard_delete BEFORE DELETE ON onlyone_locks"
+                "started with --delimiter=// in this database (mariadb --delimiter=// DATABASE): CREATE TRIGGER onlyone_guard_delete BEFORE DELETE ON onlyone_locks FOR EACH ROW BEGIN DECLARE message"
             )
             && err.contains("CREATE FUNCTION onlyone_fence("),
         "{err}"

@@ -79,6 +79,16 @@ BEGIN
   RETURN given_token;
 END";
 
+/// `text` on one line, each run of white space one space: how the
+/// triggers and the fence function are created, so that an admin can run
+/// the statements a message gives (one line each), and how their bodies
+/// are compared, so that the multi-line ones created before still count.
+/// The bodies have no comments and no string with two spaces in a row, so
+/// this changes nothing they do.
+pub(super) fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// The statement that creates the fence function in the current
 /// database. `SQL SECURITY DEFINER`: a program's account needs `EXECUTE`
 /// on it, not a privilege on the state table. `READS SQL DATA`, which
@@ -86,7 +96,8 @@ END";
 pub(super) fn fence_ddl() -> String {
     format!(
         "CREATE FUNCTION {FENCE_FUNCTION}(given_name VARCHAR(255) CHARACTER SET utf8mb4, given_token BIGINT UNSIGNED) \
-         RETURNS BIGINT UNSIGNED NOT DETERMINISTIC READS SQL DATA SQL SECURITY DEFINER {FENCE_BODY}"
+         RETURNS BIGINT UNSIGNED NOT DETERMINISTIC READS SQL DATA SQL SECURITY DEFINER {}",
+        one_line(FENCE_BODY)
     )
 }
 

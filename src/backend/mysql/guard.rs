@@ -19,7 +19,7 @@
 //! `information_schema` before each use: anything onlyone did not create,
 //! or with another body, is refused (77), never used, replaced or dropped.
 
-use super::fence::{FENCE_BODY, FENCE_FUNCTION, FENCE_PARAMETERS, fence_ddl};
+use super::fence::{FENCE_BODY, FENCE_FUNCTION, FENCE_PARAMETERS, fence_ddl, one_line};
 use super::session::Session;
 use crate::error::{Error, Result};
 
@@ -89,7 +89,10 @@ const TRIGGERS: [(&str, &str, &str); 3] = [
 ];
 
 fn trigger_ddl(name: &str, event: &str, body: &str) -> String {
-    format!("CREATE TRIGGER {name} BEFORE {event} ON onlyone_locks FOR EACH ROW {body}")
+    format!(
+        "CREATE TRIGGER {name} BEFORE {event} ON onlyone_locks FOR EACH ROW {}",
+        one_line(body)
+    )
 }
 
 /// ER_TRG_ALREADY_EXISTS, ER_SP_ALREADY_EXISTS: another starter made it
@@ -167,7 +170,7 @@ pub(super) fn ensure(session: &mut Session) -> Result<()> {
             }
             Err(failure) => {
                 return Err(Error::unavailable(format!(
-                    "cannot create the guard triggers and the fence function of the state table onlyone_locks at {} ({}); have a privileged account run, in the mysql client: DELIMITER // {} // DELIMITER ; and, so that onlyone can check them, GRANT TRIGGER ON onlyone_locks and SELECT on the routine definitions (MariaDB: SELECT ON mysql.proc; MySQL 8: SHOW_ROUTINE) to this account",
+                    "cannot create the guard triggers and the fence function of the state table onlyone_locks at {} ({}); have a privileged account run, in the mysql client started with --delimiter=// in this database (mariadb --delimiter=// DATABASE): {} // and, so that onlyone can check them, GRANT TRIGGER ON onlyone_locks and SELECT on the routine definitions (MariaDB: SELECT ON mysql.proc; MySQL 8: SHOW_ROUTINE) to this account",
                     session.location(),
                     failure.describe(),
                     all_statements().join(" // "),
@@ -214,7 +217,7 @@ fn inspect(session: &mut Session) -> Result<Shape> {
                 && event == *own_event
                 && timing == "BEFORE"
                 && orientation == "ROW"
-                && statement.as_deref().map(str::trim) == Some(body.trim())
+                && statement.as_deref().map(one_line) == Some(one_line(body))
         });
         match ours {
             Some(at) => present[at] = true,
@@ -251,7 +254,9 @@ fn inspect(session: &mut Session) -> Result<Shape> {
             )));
         }
         Some((Some(body), parameters)) => {
-            if body.trim() != FENCE_BODY.trim() || parameters.as_deref() != Some(FENCE_PARAMETERS) {
+            if one_line(&body) != one_line(FENCE_BODY)
+                || parameters.as_deref() != Some(FENCE_PARAMETERS)
+            {
                 return Err(Error::unsafe_(format!(
                     "the fence function {FENCE_FUNCTION} at {} is not the one onlyone creates (its body or parameters differ); it decides whether a holder's transaction may commit, so it is neither used nor replaced: find out who made it, drop it (DROP FUNCTION {FENCE_FUNCTION}), and start again",
                     session.location()
