@@ -154,9 +154,11 @@ class Guard:
         """On PostgreSQL, ``SELECT schema.onlyone_fence('NAME'::text, TOKEN::bigint)``:
         run it first in a transaction on the lock's database, and the
         transaction fails with SQLSTATE ON001 unless this acquisition still
-        holds the lock (the command gets it as ONLYONE_FENCE). None on lock
-        files, with an explicit key, and on MySQL (no fence function
-        there yet)."""
+        holds the lock (the command gets it as ONLYONE_FENCE). On MySQL
+        and MariaDB, ``SELECT `db`.onlyone_fence('NAME', TOKEN)``, the
+        same, run first after START TRANSACTION (SQLSTATE ON001, error
+        1644, when stale). None on lock files; with an explicit key on
+        PostgreSQL, a statement that always raises ON001."""
         return self._native.fence_sql
 
     @property

@@ -143,7 +143,7 @@ def test_tokens_grow_across_holders_python_and_the_command(tmp_path, my_url, nam
         assert finish(program) == 0
     with onlyone.Lock(name, mysql=my_url) as held:
         tokens.append(held.token)
-        assert held.lost is False and held.fence_sql is None
+        assert held.lost is False
         refused = cli("run", "--mysql", my_url, "--name", name, "--", "true")
         assert refused.returncode == 75, refused.stderr
         assert f"held by pid {os.getpid()} on " in refused.stderr
@@ -151,6 +151,36 @@ def test_tokens_grow_across_holders_python_and_the_command(tmp_path, my_url, nam
     assert run.returncode == 0, run.stderr
     tokens.append(onlyone.status(name, mysql=my_url).last_token)
     assert tokens == list(range(tokens[0], tokens[0] + 4)), tokens
+
+
+def mysql_error(url, statement):
+    """Runs ``statement`` with the ``mariadb`` client, expecting it to
+    fail; its error."""
+    parts = urllib.parse.urlsplit(url)
+    run = subprocess.run(
+        [
+            "mariadb", "--no-defaults",
+            "-h", parts.hostname or "127.0.0.1",
+            "-P", str(parts.port or 3306),
+            "-u", urllib.parse.unquote(parts.username or getpass.getuser()),
+            "-N", "-B", parts.path.lstrip("/"),
+            "-e", statement,
+        ],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert run.returncode != 0, f"{statement}: {run.stdout}"
+    return run.stderr
+
+
+def test_fence_sql_passes_for_the_holder_and_refuses_a_stale_token(my_url, name):
+    with onlyone.Lock(name, mysql=my_url) as held:
+        fence_sql = held.fence_sql
+        assert fence_sql is not None and ".onlyone_fence('" in fence_sql, fence_sql
+        assert fence_sql.endswith(f"'{name}', {held.token})"), fence_sql
+        assert held.env["ONLYONE_FENCE"] == fence_sql
+        assert sql(my_url, f"START TRANSACTION; {fence_sql}; COMMIT") == str(held.token)
+    refused = mysql_error(my_url, f"START TRANSACTION; {fence_sql}; COMMIT")
+    assert "(ON001)" in refused and "onlyone: stale fencing token" in refused, refused
 
 
 def test_a_killed_session_calls_on_lost_within_the_deadline(my_url, name):

@@ -105,7 +105,12 @@ impl Guard {
     /// fence never interleave with the next holder's, however long this
     /// process pauses. The command gets it as `ONLYONE_FENCE`.
     ///
-    /// `None` on files (the fence lives in PostgreSQL). With an explicit
+    /// On MySQL/MariaDB, ``SELECT `db`.onlyone_fence('NAME', TOKEN)``, with
+    /// the same meaning, run first inside a transaction (`START
+    /// TRANSACTION`; with autocommit on and no transaction its share lock
+    /// ends with the statement).
+    ///
+    /// `None` on files (the fence lives in the database). With an explicit
     /// advisory key the fence cannot find the lock (it goes by name): the
     /// statement then always raises `ON001`, so that a program that runs
     /// it never writes unfenced believing it is fenced.

@@ -40,6 +40,8 @@ pub(super) struct Keep {
     pub deadline: Duration,
     /// What the holder wrote in its row, and keeps there.
     pub holding: table::Holding,
+    /// The statement that fences a write with this acquisition's token.
+    pub fence: String,
 }
 
 /// A lock held through a MySQL session.
@@ -51,6 +53,8 @@ pub(super) struct MysqlHeld {
     location: String,
     record: Record,
     token: u64,
+    /// The statement that fences a write with this token.
+    fence: String,
     loss: LossWatch,
     heartbeat: Heartbeat,
 }
@@ -96,6 +100,7 @@ impl MysqlHeld {
             location,
             record,
             token: keep.token,
+            fence: keep.fence,
             loss,
             heartbeat: Heartbeat {
                 commands,
@@ -151,6 +156,7 @@ impl Held for MysqlHeld {
         vec![
             ("ONLYONE_LOCK".to_owned(), self.location.clone()),
             ("ONLYONE_MYSQL_LOCK".to_owned(), self.lock_name.clone()),
+            ("ONLYONE_FENCE".to_owned(), self.fence.clone()),
         ]
     }
 
@@ -161,6 +167,10 @@ impl Held for MysqlHeld {
 
     fn loss(&self) -> &LossWatch {
         &self.loss
+    }
+
+    fn fence_sql(&self) -> Option<String> {
+        Some(self.fence.clone())
     }
 
     fn release(mut self: Box<Self>) -> Result<()> {

@@ -3,6 +3,8 @@
 //! small state table. See [`MysqlBackend`] for the whole story.
 
 mod cluster;
+mod fence;
+mod guard;
 mod held;
 mod pool;
 mod session;
@@ -184,11 +186,23 @@ impl fmt::Debug for MysqlConfig {
 /// running, before it returns: the longer of its own lock-delay and the
 /// largest T + kill grace + 2 s recorded by the holders since the last
 /// clean release, counted from its own acquisition, as the PostgreSQL
-/// backend does. The holder checks its row at every heartbeat and writes
-/// it back when it was deleted or altered; unlike there, no trigger guards
-/// the rows yet, so a row deleted by hand just before the holder's session
-/// ends makes the next holder start without a lock-delay (and the tokens
-/// start again at 1).
+/// backend does.
+///
+/// Triggers refuse to delete a row, or to add or change one from a
+/// session that does not hold its named lock (`stop`'s mark excepted); `TRUNCATE` fires
+/// none, so the holder also checks its row at every heartbeat and writes
+/// it back when it was deleted or altered. The triggers and the fence
+/// function are read from `information_schema` before each start: any
+/// other trigger on the table, or another body, is refused (77).
+///
+/// # Fenced writes
+///
+/// [`Guard::fence_sql`] is ``SELECT `db`.onlyone_fence('NAME', TOKEN)``:
+/// run first inside a transaction, it raises SQLSTATE `ON001` unless TOKEN
+/// is the current holder's, and share-locks the row so that the next
+/// holder's token is committed, and its command started, only after the
+/// transaction has ended. The next holder waits for such transactions with
+/// no deadline, saying so after a second.
 ///
 /// # Stopping a holder
 ///
@@ -208,10 +222,6 @@ impl fmt::Debug for MysqlConfig {
 /// lock name). The waiter at the head of that queue waits on every slot
 /// at once, one session per slot, takes the first granted and ends the
 /// other waits (`KILL QUERY`): W waiters hold W + N sessions.
-///
-/// # Not built yet
-///
-/// There is no fence function.
 pub struct MysqlBackend {
     config: MysqlConfig,
     target: Target,
@@ -283,6 +293,7 @@ impl MysqlBackend {
     fn open(&self) -> Result<Session> {
         let mut session = Session::open(&self.target, self.idle_limit())?;
         table::ensure(&mut session)?;
+        guard::ensure(&mut session)?;
         Ok(session)
     }
 
@@ -371,6 +382,7 @@ impl MysqlBackend {
             interval: self.config.timing.heartbeat,
             deadline: self.heartbeat_deadline(),
             holding,
+            fence: fence::fence_sql(self.database(), name, acquisition.token),
         };
         let held = MysqlHeld::start(session, keep, record).map_err(lost_before_start)?;
         if !acquisition.previous_was_held {

@@ -322,6 +322,18 @@ impl Session {
             "SET SESSION wait_timeout = {seconds}, SESSION interactive_timeout = {seconds}"
         ))
         .map_err(|failure| self.error("configuring the session", failure))?;
+        // onlyone times its statements itself: a statement time limit of
+        // the account or the server (MariaDB's max_statement_time, MySQL's
+        // max_execution_time) would end the waits that have none of their
+        // own, for the lock and for fenced transactions. Each server has
+        // one of the two.
+        for limit in ["max_statement_time", "max_execution_time"] {
+            match self.execute(&format!("SET SESSION {limit} = 0")) {
+                Ok(()) => {}
+                Err(failure) if failure.code() == Some(UNKNOWN_VARIABLE) => {}
+                Err(failure) => return Err(self.error("configuring the session", failure)),
+            }
+        }
         let (id, read_only): (u64, i64) = self
             .query_first("SELECT CONNECTION_ID(), @@global.read_only")
             .map_err(|failure| self.error("checking the server", failure))?
@@ -461,6 +473,17 @@ impl Session {
     ) -> std::result::Result<Vec<T>, Failure> {
         let (runtime, conn) = self.conn();
         call(runtime, Some(deadline), conn.exec(sql, params))
+    }
+
+    /// A query's rows, with parameters, answered whenever the server
+    /// answers: for a wait in the server's lock queue that has no deadline.
+    pub fn exec_rows_waiting<T: mysql_async::prelude::FromRow + Send + 'static>(
+        &mut self,
+        sql: &str,
+        params: Vec<mysql_async::Value>,
+    ) -> std::result::Result<Vec<T>, Failure> {
+        let (runtime, conn) = self.conn();
+        call(runtime, None, conn.exec(sql, params))
     }
 
     /// Takes the named lock `lock` (already mapped, see `lock_name_for`):

@@ -15,6 +15,12 @@ use crate::name::LockName;
 /// ER_NO_SUCH_THREAD: the connection to kill is gone already.
 const NO_SUCH_THREAD: u16 = 1094;
 
+/// ER_LOCK_WAIT_TIMEOUT.
+const LOCK_WAIT_TIMEOUT: u16 = 1205;
+
+/// How long `stop`'s mark waits for a row lock (`innodb_lock_wait_timeout`).
+const MARK_WAIT_SECONDS: u64 = 1;
+
 impl MysqlBackend {
     /// Ends the session that holds `name`'s lock. Only a session that the
     /// state row names is ended: the row says 'held' with that session's
@@ -75,21 +81,49 @@ impl MysqlBackend {
         // that session holding the lock. Connection ids are not reused
         // while the server runs, so the kill that follows ends that session
         // or nothing.
-        let marked = session
-            .exec_within(
-                ANSWER_DEADLINE,
-                "UPDATE onlyone_locks SET stopped_token = token \
-                 WHERE lock_name = ? AND state = 'held' AND token = ? AND connection_id = ? \
-                   AND IS_USED_LOCK(?) = ?",
-                vec![
-                    lock_name.clone().into(),
-                    row.token.into(),
-                    server.connection_id.into(),
-                    lock_name.clone().into(),
-                    server.connection_id.into(),
-                ],
-            )
+        let params: Vec<mysql_async::Value> = vec![
+            lock_name.clone().into(),
+            row.token.into(),
+            server.connection_id.into(),
+            lock_name.clone().into(),
+            server.connection_id.into(),
+        ];
+        // Fenced transactions of the holder's command share-lock the row
+        // (fence.rs), and the mark must update it: it waits for them one
+        // second at most. They end only once that command is stopped, which
+        // is what the kill does; a holder whose command runs is past its
+        // lock-delay and needs no mark. So when they hold the row, the
+        // holder is checked again with a plain read in place of the mark.
+        session
+            .execute(&format!(
+                "SET SESSION innodb_lock_wait_timeout = {MARK_WAIT_SECONDS}"
+            ))
             .map_err(|failure| session.error("marking the holder stopped", failure))?;
+        let marked = match session.exec_within(
+            ANSWER_DEADLINE,
+            "UPDATE onlyone_locks SET stopped_token = token \
+             WHERE lock_name = ? AND state = 'held' AND token = ? AND connection_id = ? \
+               AND IS_USED_LOCK(?) = ?",
+            params.clone(),
+        ) {
+            Err(failure) if failure.code() == Some(LOCK_WAIT_TIMEOUT) => {
+                log::warn!(
+                    "lock '{name}': fenced transactions of the holder's command hold its row; ending the holder's session without marking its token {} stopped",
+                    row.token
+                );
+                session
+                    .exec_rows_within::<(u8,)>(
+                        ANSWER_DEADLINE,
+                        "SELECT 1 FROM onlyone_locks \
+                         WHERE lock_name = ? AND state = 'held' AND token = ? AND connection_id = ? \
+                           AND IS_USED_LOCK(?) = ?",
+                        params,
+                    )
+                    .map(|rows| rows.len() as u64)
+            }
+            done => done,
+        }
+        .map_err(|failure| session.error("marking the holder stopped", failure))?;
         if marked == 0 {
             // The holder changed between the read and the mark: it recorded
             // its clean release (the mark waited for the row it was

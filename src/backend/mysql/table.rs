@@ -137,12 +137,20 @@ pub(super) fn record_acquisition(
                 attempt += 1;
             }
             Err(failure) => return Err(session.error("recording the fencing token", failure)),
-            Ok(acquisition) => return Ok(acquisition),
+            Ok(Some(acquisition)) => return Ok(acquisition),
+            Ok(None) => {
+                return Err(Error::unsafe_(format!(
+                    "the fencing token of lock '{name}' in the state table onlyone_locks at {} is {} already, the largest there is, and cannot grow: the next holder would share it with the previous one, whose fenced writes would then still pass; onlyone never counts that far, so someone set it by hand: the lock is not taken",
+                    session.location(),
+                    u64::MAX
+                )));
+            }
         }
     }
 }
 
-/// One try of [`record_acquisition`].
+/// One try of [`record_acquisition`]; `None`, with nothing written, when
+/// the row's token cannot grow.
 fn record_once(
     session: &mut Session,
     lock_name: &str,
@@ -150,7 +158,7 @@ fn record_once(
     record: &mut Record,
     stop_within: Duration,
     margin: Duration,
-) -> std::result::Result<Acquisition, Failure> {
+) -> std::result::Result<Option<Acquisition>, Failure> {
     // A row of its own first (autocommitted; a new name's row is token 0,
     // released, which reads as no row does), so that `FOR UPDATE` below
     // locks that row rather than a gap of the primary key that other
@@ -162,10 +170,15 @@ fn record_once(
     )?;
     session.execute("START TRANSACTION")?;
     let recorded = (|| {
-        let previous: Vec<(u64, String, Option<u64>, Option<u64>)> = session.exec_rows(
-            "SELECT token, state, stop_within_ms, owed_ms FROM onlyone_locks WHERE lock_name = ? FOR UPDATE",
-            vec![lock_name.into()],
-        )?;
+        // Waits for the previous holder's fenced transactions (see
+        // `fence.rs`): the token is committed only once they have ended.
+        let previous: Vec<(u64, String, Option<u64>, Option<u64>)> =
+            super::fence::lock_row_after_fenced(
+                session,
+                name,
+                "SELECT token, state, stop_within_ms, owed_ms FROM onlyone_locks WHERE lock_name = ? FOR UPDATE",
+                vec![lock_name.into()],
+            )?;
         let (token, previous_was_held, owed) = match previous.into_iter().next() {
             None => (1, false, Duration::ZERO),
             Some((token, state, stop_within_ms, owed_ms)) => {
@@ -178,7 +191,11 @@ fn record_once(
                         .max(Duration::from_millis(owed_ms.unwrap_or(0))),
                     false => Duration::ZERO,
                 };
-                (token.saturating_add(1), held, owed)
+                // A token shared by two holders would pass both fences.
+                let Some(next) = token.checked_add(1) else {
+                    return Ok(None);
+                };
+                (next, held, owed)
             }
         };
         record.token = token;
@@ -202,15 +219,15 @@ fn record_once(
                owed_ms = VALUES(owed_ms)",
             params,
         )?;
-        Ok(Acquisition {
+        Ok(Some(Acquisition {
             token,
             previous_was_held,
             owed,
-        })
+        }))
     })();
     let end = match recorded {
-        Ok(_) => "COMMIT",
-        Err(_) => "ROLLBACK",
+        Ok(Some(_)) => "COMMIT",
+        Ok(None) | Err(_) => "ROLLBACK",
     };
     match session.execute(end) {
         Ok(()) => recorded,
