@@ -11,7 +11,7 @@
 #![cfg(feature = "mysql")]
 
 use std::fs;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -364,6 +364,59 @@ fn mysql_killed_connection_stops_the_command() {
         "the MySQL session holding the lock failed",
     );
     expect_next_holder_after_lock_delay(&env, &name, fault_at);
+}
+
+/// The session killed while the holder reads its row (held up by another
+/// session's table lock), not during the heartbeat itself: the loss is
+/// still said as the session's failure (it named only the row read, which
+/// made `mysql_killed_connection_stops_the_command` fail now and then).
+#[test]
+fn mysql_connection_killed_during_the_row_check_is_said_as_the_sessions_failure() {
+    let env = TestEnv::new();
+    let name = unique("my-kill-row");
+    let mut holder = start(
+        &env,
+        &run_args(&url(), &name, &[], &witnessed(&env, "ready")),
+    );
+    holder.expect_stdout_line("ready");
+    let connection = holder_connection(&url(), &name);
+    let mut locker = client(&url())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run mariadb");
+    let mut to_locker = locker.stdin.take().unwrap();
+    let mut from_locker = BufReader::new(locker.stdout.take().unwrap());
+    let _locker = KillOnDrop(locker);
+    writeln!(
+        to_locker,
+        "LOCK TABLES onlyone_locks WRITE; SELECT 'locked';"
+    )
+    .unwrap();
+    let mut line = String::new();
+    from_locker.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
+    // The holder's next row read waits for the table: kill it there.
+    let waiting = format!(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {connection} AND STATE LIKE '%lock%'"
+    );
+    let started = Instant::now();
+    while sql(&url(), &waiting) != "1" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the holder's row read never waited for the table lock"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let fault_at = Instant::now();
+    sql(&url(), &format!("KILL CONNECTION {connection}"));
+    expect_lost(
+        holder,
+        &name,
+        fault_at,
+        "the MySQL session holding the lock failed",
+    );
+    writeln!(to_locker, "UNLOCK TABLES;").unwrap();
 }
 
 /// A partition that a middlebox hides (the proxy keeps both TCP

@@ -302,7 +302,11 @@ impl Beater {
                 failure.describe()
             );
             if failure.ends_session() {
-                RowTrouble::SessionGone(reason)
+                // Said as a failed heartbeat says it: the session, not the
+                // row, is what was lost.
+                RowTrouble::SessionGone(format!(
+                    "the MySQL session holding the lock failed ({reason}); the lock must be considered gone"
+                ))
             } else if failure.code() == Some(LOCK_WAIT_TIMEOUT) {
                 RowTrouble::Skipped(reason)
             } else {

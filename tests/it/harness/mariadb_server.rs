@@ -96,6 +96,10 @@ impl MariaDbServer {
             ))
             .arg(format!("--datadir={}", server.path("data").display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+            // Its own temporary directory: bootstraps sharing /tmp with
+            // other servers' sometimes failed removing their temporary
+            // tables ("Could not remove temporary table", error 2).
+            .arg(format!("--tmpdir={}", server.dir.path().display()))
             .output()
             .expect("run mariadb-install-db");
         assert!(
@@ -181,6 +185,7 @@ impl MariaDbServer {
         command
             .arg("--no-defaults")
             .arg(format!("--datadir={}", self.path("data").display()))
+            .arg(format!("--tmpdir={}", self.dir.path().display()))
             .arg(format!("--socket={}", self.path("mysqld.sock").display()))
             .arg(format!("--port={port}"))
             .arg("--bind-address=127.0.0.1")
