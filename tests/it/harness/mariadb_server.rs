@@ -96,9 +96,10 @@ impl MariaDbServer {
             ))
             .arg(format!("--datadir={}", server.path("data").display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
-            // Its own temporary directory: bootstraps sharing /tmp with
-            // other servers' sometimes failed removing their temporary
-            // tables ("Could not remove temporary table", error 2).
+            // Its own temporary directory: a starting server deletes every
+            // `#sql*` file in its tmpdir, so in a shared /tmp each new test
+            // server deleted the temporary tables of those running (their
+            // queries failed: "Error on delete of '/tmp/#sql-temptable…'").
             .arg(format!("--tmpdir={}", server.dir.path().display()))
             .output()
             .expect("run mariadb-install-db");
