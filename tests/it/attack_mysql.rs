@@ -397,3 +397,36 @@ fn mysql_attack_a_holder_replaced_during_the_mark_is_another_starter() {
     assert!(stdout.is_empty(), "{stdout}");
     assert_eq!(holder_connection(&url(), &name), starter, "left alone");
 }
+
+/// Finding (two at once), a-mybench: on a server that compares database
+/// names without case (`lower_case_table_names` 1, as on Windows and
+/// macOS, or 2), `/onlyone_test` and `/ONLYONE_TEST` are one database
+/// with one state table, but the lock name took the URL's spelling:
+/// `onlyone/onlyone_test/job` and `onlyone/sha256/<hash of
+/// ONLYONE_TEST/job>` are two server locks, so a holder through each ran
+/// at once (the witness exited 99). Such a server is now asked for the
+/// database name in lower case: a URL that spells it otherwise is refused
+/// (77) before any lock is taken.
+#[test]
+fn mysql_attack_database_case_on_a_case_folding_server_is_one_lock() {
+    use crate::harness::mariadb_server::MariaDbServer;
+    let env = TestEnv::new();
+    let server = MariaDbServer::start_plain("", &["--lower-case-table-names=1"]);
+    let lower = server.url("root");
+    let upper = format!(
+        "{}/ONLYONE_TEST",
+        lower.rsplit_once('/').expect("a URL with a database").0
+    );
+    let name = unique("db-case");
+    let mut holder = start(
+        &env,
+        &run_args(&lower, &name, &[], &witnessed(&env, "ready")),
+    );
+    holder.expect_stdout_line("ready");
+    let second = run(&env, &run_args(&upper, &name, &[], &witnessed(&env, "ran")));
+    let said = stderr(&second);
+    assert_ne!(code(second.status), 99, "two at once: {said}");
+    assert!(second.stdout.is_empty(), "{said}");
+    assert_exit(&second, 77);
+    assert!(said.contains("lower_case_table_names"), "{said}");
+}
