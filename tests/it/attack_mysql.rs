@@ -430,3 +430,61 @@ fn mysql_attack_database_case_on_a_case_folding_server_is_one_lock() {
     assert_exit(&second, 77);
     assert!(said.contains("lower_case_table_names"), "{said}");
 }
+
+/// Finding (two at once), a-mybench: the pool/plain check asks only
+/// whether a slot is *held*. A pool member whose supervisor froze
+/// (SIGSTOP) lost its session at wait_timeout, freeing its slot's server
+/// lock, while its command ran on: the slot's row owes the lock-delay,
+/// and the next holder of that slot waits it out, but a plain starter of
+/// the same name found no slot held and ran at once, beside the frozen
+/// member's command (the witness exited 99). Not fixed: [`Status`] does
+/// not say that a free lock still owes its lock-delay, so the check
+/// cannot see it; the fix is for the plain side to wait out (or refuse
+/// on) every slot's owed delay, and the pool side the plain lock's.
+#[test]
+#[ignore = "finding a-mybench 2: a plain start ignores the lock-delay a slot of its name owes after its member's session was lost"]
+fn mysql_attack_plain_start_honours_a_lost_slots_lock_delay() {
+    let env = TestEnv::new();
+    let name = unique("frozen-slot");
+    let witness = env.path("witness");
+    let mut member = start(
+        &env,
+        &run_args(
+            &url(),
+            &name,
+            &["--max", "2"],
+            &format!(
+                "exec flock -s -n -E 99 {} sh -c 'echo ready; exec sleep 1000'",
+                witness.display()
+            ),
+        ),
+    );
+    member.expect_stdout_line("ready");
+    let slot = format!("{name}@1");
+    assert_ne!(holder_connection(&url(), &slot), "NULL");
+    member.signal(libc::SIGSTOP);
+    // The server ends the frozen supervisor's session at wait_timeout.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while holder_connection(&url(), &slot) != "NULL" {
+        assert!(std::time::Instant::now() < deadline, "the slot stayed held");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let plain = run(
+        &env,
+        &run_args(
+            &url(),
+            &name,
+            &[],
+            &format!("exec flock -x -n -E 99 {} true", witness.display()),
+        ),
+    );
+    member.signal(libc::SIGCONT);
+    member.signal(libc::SIGTERM);
+    let _ = member.finish();
+    let said = stderr(&plain);
+    assert_ne!(
+        code(plain.status),
+        99,
+        "plain ran beside the frozen pool member's command: {said}"
+    );
+}
