@@ -333,8 +333,7 @@ impl Session {
         // server that compares database names without case would let
         // `/App` and `/app` (one database, one state table) take two
         // different server locks for one name.
-        if let Some(database) = database.filter(|db| folds_case != 0 && *db != db.to_lowercase())
-        {
+        if let Some(database) = database.filter(|db| folds_case != 0 && *db != db.to_lowercase()) {
             return Err(Error::unsafe_(format!(
                 "refusing the MySQL server at {}: it compares database names without case (lower_case_table_names = {folds_case}), so the database '{database}' must be written in lower case in the URL ('{}'): lock names are made of the database as written, and two spellings of one database would be two locks",
                 self.location,
