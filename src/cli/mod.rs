@@ -161,7 +161,8 @@ pub(crate) struct BackendArgs {
     /// Lock across machines with a MySQL/MariaDB named lock (GET_LOCK): a
     /// URL mysql://user@host:3306/database (the database keeps the state
     /// table). Keep the password out of it (use MYSQL_PWD or ~/.my.cnf).
-    /// Not supported yet with it: TLS
+    /// TLS as the mysql client's ssl-mode, in the URL
+    /// (?ssl-mode=VERIFY_IDENTITY&ssl-ca=FILE) or in ~/.my.cnf
     #[cfg(feature = "mysql")]
     #[arg(
         long,

@@ -397,3 +397,146 @@ fn mysql_attack_a_holder_replaced_during_the_mark_is_another_starter() {
     assert!(stdout.is_empty(), "{stdout}");
     assert_eq!(holder_connection(&url(), &name), starter, "left alone");
 }
+
+/// Finding (two at once), a-mybench: on a server that compares database
+/// names without case (`lower_case_table_names` 1, as on Windows and
+/// macOS, or 2), `/onlyone_test` and `/ONLYONE_TEST` are one database
+/// with one state table, but the lock name took the URL's spelling:
+/// `onlyone/onlyone_test/job` and `onlyone/sha256/<hash of
+/// ONLYONE_TEST/job>` are two server locks, so a holder through each ran
+/// at once (the witness exited 99). Such a server is now asked for the
+/// database name in lower case: a URL that spells it otherwise is refused
+/// (77) before any lock is taken.
+#[test]
+fn mysql_attack_database_case_on_a_case_folding_server_is_one_lock() {
+    use crate::harness::mariadb_server::MariaDbServer;
+    let env = TestEnv::new();
+    let server = MariaDbServer::start_plain("", &["--lower-case-table-names=1"]);
+    let lower = server.url("root");
+    let upper = format!(
+        "{}/ONLYONE_TEST",
+        lower.rsplit_once('/').expect("a URL with a database").0
+    );
+    let name = unique("db-case");
+    let mut holder = start(
+        &env,
+        &run_args(&lower, &name, &[], &witnessed(&env, "ready")),
+    );
+    holder.expect_stdout_line("ready");
+    let second = run(&env, &run_args(&upper, &name, &[], &witnessed(&env, "ran")));
+    let said = stderr(&second);
+    assert_ne!(code(second.status), 99, "two at once: {said}");
+    assert!(second.stdout.is_empty(), "{said}");
+    assert_exit(&second, 77);
+    assert!(said.contains("lower_case_table_names"), "{said}");
+}
+
+/// Finding (two at once), a-mybench: the pool/plain check asks only
+/// whether a slot is *held*. A pool member whose supervisor froze
+/// (SIGSTOP) lost its session at wait_timeout, freeing its slot's server
+/// lock, while its command ran on: the slot's row owes the lock-delay,
+/// and the next holder of that slot waits it out, but a plain starter of
+/// the same name found no slot held and ran at once, beside the frozen
+/// member's command (the witness exited 99). Not fixed: [`Status`] does
+/// not say that a free lock still owes its lock-delay, so the check
+/// cannot see it; the fix is for the plain side to wait out (or refuse
+/// on) every slot's owed delay, and the pool side the plain lock's.
+#[test]
+#[ignore = "finding a-mybench 2: a plain start ignores the lock-delay a slot of its name owes after its member's session was lost"]
+fn mysql_attack_plain_start_honours_a_lost_slots_lock_delay() {
+    let env = TestEnv::new();
+    let name = unique("frozen-slot");
+    let witness = env.path("witness");
+    let mut member = start(
+        &env,
+        &run_args(
+            &url(),
+            &name,
+            &["--max", "2"],
+            &format!(
+                "exec flock -s -n -E 99 {} sh -c 'echo ready; exec sleep 1000'",
+                witness.display()
+            ),
+        ),
+    );
+    member.expect_stdout_line("ready");
+    let slot = format!("{name}@1");
+    assert_ne!(holder_connection(&url(), &slot), "NULL");
+    member.signal(libc::SIGSTOP);
+    // The server ends the frozen supervisor's session at wait_timeout.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while holder_connection(&url(), &slot) != "NULL" {
+        assert!(std::time::Instant::now() < deadline, "the slot stayed held");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let plain = run(
+        &env,
+        &run_args(
+            &url(),
+            &name,
+            &[],
+            &format!("exec flock -x -n -E 99 {} true", witness.display()),
+        ),
+    );
+    member.signal(libc::SIGCONT);
+    member.signal(libc::SIGTERM);
+    let _ = member.finish();
+    let said = stderr(&plain);
+    assert_ne!(
+        code(plain.status),
+        99,
+        "plain ran beside the frozen pool member's command: {said}"
+    );
+}
+
+/// Finding a-mybench 2, the other way round: a plain holder whose
+/// supervisor froze lost its session while its command ran on; a pool
+/// start of the same name found the plain lock free and ran beside it,
+/// ignoring the lock-delay the plain lock's row owes (the witness exited
+/// 99).
+#[test]
+#[ignore = "finding a-mybench 2: a pool start ignores the lock-delay the plain lock of its name owes after its holder's session was lost"]
+fn mysql_attack_pool_start_honours_a_lost_plain_locks_lock_delay() {
+    let env = TestEnv::new();
+    let name = unique("frozen-plain");
+    let witness = env.path("witness");
+    let mut holder = start(
+        &env,
+        &run_args(
+            &url(),
+            &name,
+            &[],
+            &format!(
+                "exec flock -x -n -E 99 {} sh -c 'echo ready; exec sleep 1000'",
+                witness.display()
+            ),
+        ),
+    );
+    holder.expect_stdout_line("ready");
+    assert_ne!(holder_connection(&url(), &name), "NULL");
+    holder.signal(libc::SIGSTOP);
+    // The server ends the frozen supervisor's session at wait_timeout.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while holder_connection(&url(), &name) != "NULL" {
+        assert!(std::time::Instant::now() < deadline, "the lock stayed held");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let member = run(
+        &env,
+        &run_args(
+            &url(),
+            &name,
+            &["--max", "2"],
+            &format!("exec flock -s -n -E 99 {} true", witness.display()),
+        ),
+    );
+    holder.signal(libc::SIGCONT);
+    holder.signal(libc::SIGTERM);
+    let _ = holder.finish();
+    let said = stderr(&member);
+    assert_ne!(
+        code(member.status),
+        99,
+        "a pool member ran beside the frozen plain holder's command: {said}"
+    );
+}

@@ -296,7 +296,7 @@ impl Session {
             id: 0,
             location: target.location.clone(),
         };
-        session.configure(idle_limit)?;
+        session.configure(idle_limit, target.database.as_deref())?;
         log::debug!(
             "MySQL session {} at {}: {}",
             session.id,
@@ -316,7 +316,7 @@ impl Session {
     }
 
     /// The session's timeouts, and the checks of the server.
-    fn configure(&mut self, idle_limit: Duration) -> Result<()> {
+    fn configure(&mut self, idle_limit: Duration, database: Option<&str>) -> Result<()> {
         let seconds = idle_seconds(idle_limit);
         self.execute(&format!(
             "SET SESSION wait_timeout = {seconds}, SESSION interactive_timeout = {seconds}"
@@ -334,11 +334,24 @@ impl Session {
                 Err(failure) => return Err(self.error("configuring the session", failure)),
             }
         }
-        let (id, read_only): (u64, i64) = self
-            .query_first("SELECT CONNECTION_ID(), @@global.read_only")
+        let (id, read_only, folds_case): (u64, i64, i64) = self
+            .query_first(
+                "SELECT CONNECTION_ID(), @@global.read_only, @@global.lower_case_table_names",
+            )
             .map_err(|failure| self.error("checking the server", failure))?
             .ok_or_else(|| self.error_text("checking the server", "no answer row"))?;
         self.id = id;
+        // The lock name is made of the database as the URL spells it; a
+        // server that compares database names without case would let
+        // `/App` and `/app` (one database, one state table) take two
+        // different server locks for one name.
+        if let Some(database) = database.filter(|db| folds_case != 0 && *db != db.to_lowercase()) {
+            return Err(Error::unsafe_(format!(
+                "refusing the MySQL server at {}: it compares database names without case (lower_case_table_names = {folds_case}), so the database '{database}' must be written in lower case in the URL ('{}'): lock names are made of the database as written, and two spellings of one database would be two locks",
+                self.location,
+                database.to_lowercase()
+            )));
+        }
         // MySQL's super_read_only implies read_only, but it is cheap to ask.
         // (One SELECT per variable: a SELECT of one the server lacks fails.
         // SHOW GLOBAL VARIABLES, which leaves it out, took MariaDB 10.11
