@@ -248,9 +248,14 @@ fn library_messages_name_no_command_line_flag() {
     assert!(found.is_empty(), "{}", found.join("\n"));
 }
 
-/// `--postgres`, `(--max`, `` `--dir` ``; not `-----BEGIN`.
+/// `--postgres`, `(--max`, `` `--dir` ``; not `-----BEGIN`, nor a flag of
+/// another program that a message tells the user to run (the `mariadb`
+/// client's `--delimiter`, for the statements an admin must run).
 fn names_a_flag(word: &str) -> bool {
-    word.trim_start_matches(['(', '`', '\''])
-        .strip_prefix("--")
-        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_lowercase()))
+    const OTHER_PROGRAMS: [&str; 1] = ["--delimiter="];
+    let word = word.trim_start_matches(['(', '`', '\'']);
+    !OTHER_PROGRAMS.iter().any(|flag| word.starts_with(flag))
+        && word
+            .strip_prefix("--")
+            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_lowercase()))
 }
