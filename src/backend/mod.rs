@@ -289,11 +289,11 @@ pub(crate) fn pool_and_plain_mix(name: &LockName, other: &str) -> Error {
 pub(crate) fn pool_and_plain_mix_unreleased(name: &LockName, other: &str) -> Error {
     let clear = if other == name.as_str() {
         format!(
-            "take the plain lock '{name}' and release it cleanly (for example `onlyone run {name} -- true`, which waits its lock-delay first)"
+            "take the plain lock '{name}' and release it cleanly (a start of it waits its lock-delay first; its command may be one that does nothing)"
         )
     } else {
         format!(
-            "take the slot '{other}' and release it cleanly (a `--max N` start of '{name}' takes the first free slot and waits that slot's lock-delay first; start as many as needed to reach '{other}')"
+            "take the slot '{other}' and release it cleanly (a start of the pool takes its first free slot and waits that slot's lock-delay first; start as many at once as needed to reach '{other}')"
         )
     };
     Error::unsafe_(format!(
