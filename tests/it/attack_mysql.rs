@@ -476,6 +476,24 @@ fn mysql_attack_plain_start_honours_a_lost_slots_lock_delay() {
             &format!("exec flock -x -n -E 99 {} true", witness.display()),
         ),
     );
+    // A starter that waits is refused as well, at once: the refusal is
+    // not "held", so nothing waits or retries on it.
+    let started = std::time::Instant::now();
+    let waiter = run(
+        &env,
+        &run_args(
+            &url(),
+            &name,
+            &["--timeout", "20s"],
+            &format!("exec flock -x -n -E 99 {} true", witness.display()),
+        ),
+    );
+    assert_exit(&waiter, 77);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the waiter took {:?}",
+        started.elapsed()
+    );
     member.signal(libc::SIGCONT);
     member.signal(libc::SIGTERM);
     let _ = member.finish();
