@@ -4,7 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::file::{FileBackend, default_dir};
-use crate::backend::{Attempt, Backend, HolderId, Status, Stop, Wait, pool_and_plain_mix};
+use crate::backend::{
+    Attempt, Backend, HolderId, Status, Stop, Wait, pool_and_plain_mix,
+    pool_and_plain_mix_unreleased,
+};
 use crate::error::{Error, Result};
 use crate::name::LockName;
 use crate::sys;
@@ -183,24 +186,28 @@ impl Lock {
         if self.backend.refuses_pool_and_plain_mix() {
             return Ok(Attempt::Acquired(guard));
         }
+        // The other kind in use: held now, or not released cleanly (its
+        // holder lost it while its command may still run, and a lock-delay
+        // is owed, which only a holder of that kind waits out).
         let other = match self.slots {
             None => self
                 .backend
                 .slots(&self.name)?
                 .into_iter()
-                .find(|slot| slot.held)
-                .map(|slot| slot.name),
-            Some(_) => self
-                .backend
-                .status(&self.name)?
-                .held
-                .then(|| self.name.to_string()),
+                .filter(|slot| slot.held || slot.unreleased)
+                .min_by_key(|slot| !slot.held),
+            Some(_) => Some(self.backend.status(&self.name)?)
+                .filter(|status| status.held || status.unreleased),
         };
         let Some(other) = other else {
             return Ok(Attempt::Acquired(guard));
         };
         drop(guard);
-        Err(pool_and_plain_mix(&self.name, &other))
+        Err(if other.held {
+            pool_and_plain_mix(&self.name, &other.name)
+        } else {
+            pool_and_plain_mix_unreleased(&self.name, &other.name)
+        })
     }
 
     /// Whether the lock is held and by whom, without taking it.

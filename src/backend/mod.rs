@@ -281,3 +281,22 @@ pub(crate) fn pool_and_plain_mix(name: &LockName, other: &str) -> Error {
         "lock '{name}' is used as a pool of slots ({name}@1..) and as a plain lock; a name is one or the other, and '{other}' is held now"
     ))
 }
+
+/// The other kind of `name` (see [`pool_and_plain_mix`]) is not held, but
+/// `other` was not released cleanly: its holder lost it (its session
+/// ended) while its command may still run, and the next holder of `other`
+/// owes it a lock-delay, which a start of this kind would skip.
+pub(crate) fn pool_and_plain_mix_unreleased(name: &LockName, other: &str) -> Error {
+    let clear = if other == name.as_str() {
+        format!(
+            "take the plain lock '{name}' and release it cleanly (a start of it waits its lock-delay first; its command may be one that does nothing)"
+        )
+    } else {
+        format!(
+            "take the slot '{other}' and release it cleanly (a start of the pool takes its first free slot and waits that slot's lock-delay first; start as many at once as needed to reach '{other}')"
+        )
+    };
+    Error::unsafe_(format!(
+        "lock '{name}' is used as a pool of slots ({name}@1..) and as a plain lock; a name is one or the other, and '{other}' was not released cleanly: its holder lost it, its command may still run, and its lock-delay has not been waited. To clear it, {clear}; then start again"
+    ))
+}

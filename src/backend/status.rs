@@ -109,4 +109,10 @@ pub struct Status {
     /// A stop request the holder has not answered yet (PostgreSQL: the
     /// token `stop` or `--replace` asked to stop is the holder's).
     pub stop_requested: Option<u64>,
+    /// Not held now, but its last holder did not release it cleanly (its
+    /// state row still says `held`): the next holder owes it a lock-delay,
+    /// and that holder's command may still run. Always false on files.
+    /// Read by the pool/plain check; not part of `status --json`.
+    #[serde(skip)]
+    pub unreleased: bool,
 }

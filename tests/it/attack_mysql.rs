@@ -437,12 +437,10 @@ fn mysql_attack_database_case_on_a_case_folding_server_is_one_lock() {
 /// lock, while its command ran on: the slot's row owes the lock-delay,
 /// and the next holder of that slot waits it out, but a plain starter of
 /// the same name found no slot held and ran at once, beside the frozen
-/// member's command (the witness exited 99). Not fixed: [`Status`] does
-/// not say that a free lock still owes its lock-delay, so the check
-/// cannot see it; the fix is for the plain side to wait out (or refuse
-/// on) every slot's owed delay, and the pool side the plain lock's.
+/// member's command (the witness exited 99). Fixed: the check treats a
+/// slot whose row says it was not released cleanly as in use, and the
+/// plain start refuses (77), saying so.
 #[test]
-#[ignore = "finding a-mybench 2: a plain start ignores the lock-delay a slot of its name owes after its member's session was lost"]
 fn mysql_attack_plain_start_honours_a_lost_slots_lock_delay() {
     let env = TestEnv::new();
     let name = unique("frozen-slot");
@@ -478,6 +476,24 @@ fn mysql_attack_plain_start_honours_a_lost_slots_lock_delay() {
             &format!("exec flock -x -n -E 99 {} true", witness.display()),
         ),
     );
+    // A starter that waits is refused as well, at once: the refusal is
+    // not "held", so nothing waits or retries on it.
+    let started = std::time::Instant::now();
+    let waiter = run(
+        &env,
+        &run_args(
+            &url(),
+            &name,
+            &["--timeout", "20s"],
+            &format!("exec flock -x -n -E 99 {} true", witness.display()),
+        ),
+    );
+    assert_exit(&waiter, 77);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the waiter took {:?}",
+        started.elapsed()
+    );
     member.signal(libc::SIGCONT);
     member.signal(libc::SIGTERM);
     let _ = member.finish();
@@ -487,15 +503,17 @@ fn mysql_attack_plain_start_honours_a_lost_slots_lock_delay() {
         99,
         "plain ran beside the frozen pool member's command: {said}"
     );
+    assert_exit(&plain, 77);
+    assert!(said.contains("was not released cleanly"), "{said}");
+    assert!(said.contains("its command may still run"), "{said}");
 }
 
 /// Finding a-mybench 2, the other way round: a plain holder whose
 /// supervisor froze lost its session while its command ran on; a pool
 /// start of the same name found the plain lock free and ran beside it,
 /// ignoring the lock-delay the plain lock's row owes (the witness exited
-/// 99).
+/// 99). Fixed as the other way round: the pool start refuses (77).
 #[test]
-#[ignore = "finding a-mybench 2: a pool start ignores the lock-delay the plain lock of its name owes after its holder's session was lost"]
 fn mysql_attack_pool_start_honours_a_lost_plain_locks_lock_delay() {
     let env = TestEnv::new();
     let name = unique("frozen-plain");
@@ -539,4 +557,13 @@ fn mysql_attack_pool_start_honours_a_lost_plain_locks_lock_delay() {
         99,
         "a pool member ran beside the frozen plain holder's command: {said}"
     );
+    assert_exit(&member, 77);
+    assert!(said.contains("was not released cleanly"), "{said}");
+    assert!(said.contains("its command may still run"), "{said}");
+    // Cleared as the message says: a plain start takes the lock, waits
+    // its lock-delay and releases it cleanly; then the pool starts.
+    let clear = run(&env, &run_args(&url(), &name, &[], "true"));
+    assert_exit(&clear, 0);
+    let member = run(&env, &run_args(&url(), &name, &["--max", "2"], "true"));
+    assert_exit(&member, 0);
 }

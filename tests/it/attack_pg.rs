@@ -886,3 +886,146 @@ fn state_table_locked_past_the_heartbeat_deadline_is_not_a_loss() {
     assert!(!err.contains("lost lock"), "{err}");
     assert_eq!(code(status), 143, "{err}");
 }
+
+/// Waits (at most 30 s) until no session holds the advisory key `key`: the
+/// server ended the session of a frozen supervisor (its lock session is
+/// ended after T + 2 s without a heartbeat).
+fn wait_until_free(client: &mut postgres::Client, key: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sessions_on(client, key, true) != 0 {
+        assert!(Instant::now() < deadline, "the lock stayed held");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Finding a-mybench 2 on PostgreSQL (`frozen-pool-then-plain-pg.sh`): a
+/// pool member whose supervisor froze (SIGSTOP) lost its session while its
+/// command ran on; the slot's row owes the lock-delay, but a plain start of
+/// the same name found no slot held and ran at once beside it (the witness
+/// exited 99). Now the plain start refuses (77): the slot was not released
+/// cleanly.
+#[test]
+fn plain_start_honours_a_lost_slots_lock_delay_on_postgres() {
+    let env = TestEnv::new();
+    let name = unique("attack-frozen-slot");
+    let witness = env.path("witness");
+    let mut member = start(
+        &env,
+        &run_args(
+            &url(),
+            &name,
+            &["--max", "2"],
+            &format!(
+                "exec flock -s -n -E 99 {} sh -c 'echo ready; exec sleep 1000'",
+                witness.display()
+            ),
+        ),
+    );
+    member.expect_stdout_line("ready");
+    let mut client = admin();
+    let slot = documented_key(&format!("{name}@1"));
+    assert_eq!(sessions_on(&mut client, slot, true), 1, "slot 1 is held");
+    member.signal(libc::SIGSTOP);
+    wait_until_free(&mut client, slot);
+    let plain = run(
+        &env,
+        &run_args(
+            &url(),
+            &name,
+            &[],
+            &format!("exec flock -x -n -E 99 {} true", witness.display()),
+        ),
+    );
+    // A starter that waits is refused as well, at once: the refusal is
+    // not "held", so nothing waits or retries on it.
+    let started = std::time::Instant::now();
+    let waiter = run(
+        &env,
+        &run_args(
+            &url(),
+            &name,
+            &["--timeout", "20s"],
+            &format!("exec flock -x -n -E 99 {} true", witness.display()),
+        ),
+    );
+    assert_exit(&waiter, 77);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the waiter took {:?}",
+        started.elapsed()
+    );
+    member.signal(libc::SIGCONT);
+    member.signal(libc::SIGTERM);
+    let _ = member.finish();
+    let said = stderr(&plain);
+    assert_ne!(
+        code(plain.status),
+        99,
+        "plain ran beside the frozen pool member's command: {said}"
+    );
+    assert_exit(&plain, 77);
+    assert!(
+        said.contains(&format!("'{name}@1' was not released cleanly")),
+        "{said}"
+    );
+    assert!(said.contains("its command may still run"), "{said}");
+}
+
+/// The other way round: a plain holder whose supervisor froze lost its
+/// session while its command ran on; a pool start of the same name found
+/// the plain lock free and ran beside it, ignoring the lock-delay the plain
+/// lock's row owes. Now the pool start refuses (77).
+#[test]
+fn pool_start_honours_a_lost_plain_locks_lock_delay_on_postgres() {
+    let env = TestEnv::new();
+    let name = unique("attack-frozen-plain");
+    let witness = env.path("witness");
+    let mut holder = start(
+        &env,
+        &run_args(
+            &url(),
+            &name,
+            &[],
+            &format!(
+                "exec flock -x -n -E 99 {} sh -c 'echo ready; exec sleep 1000'",
+                witness.display()
+            ),
+        ),
+    );
+    holder.expect_stdout_line("ready");
+    let mut client = admin();
+    let key = documented_key(&name);
+    assert_eq!(sessions_on(&mut client, key, true), 1, "the lock is held");
+    holder.signal(libc::SIGSTOP);
+    wait_until_free(&mut client, key);
+    let member = run(
+        &env,
+        &run_args(
+            &url(),
+            &name,
+            &["--max", "2"],
+            &format!("exec flock -s -n -E 99 {} true", witness.display()),
+        ),
+    );
+    holder.signal(libc::SIGCONT);
+    holder.signal(libc::SIGTERM);
+    let _ = holder.finish();
+    let said = stderr(&member);
+    assert_ne!(
+        code(member.status),
+        99,
+        "a pool member ran beside the frozen plain holder's command: {said}"
+    );
+    assert_exit(&member, 77);
+    assert!(
+        said.contains(&format!("'{name}' was not released cleanly")),
+        "{said}"
+    );
+    assert!(said.contains("its command may still run"), "{said}");
+    // Cleared as the message says: a plain start takes the lock, waits
+    // its lock-delay and releases it cleanly; then the pool starts.
+    let clear = run(&env, &run_args(&url(), &name, &[], "true"));
+    assert_exit(&clear, 0);
+    let member = run(&env, &run_args(&url(), &name, &["--max", "2"], "true"));
+    assert_exit(&member, 0);
+}

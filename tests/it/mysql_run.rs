@@ -980,7 +980,10 @@ fn mysql_plain_lock_and_pool_of_one_name_refuse_each_other() {
     );
     member.expect_stdout_line("ready");
     refused_as_mixed(&run(&env, &run_args(&url, &job, &[], "echo ran")));
-    member.kill();
+    // Released cleanly (a killed member leaves its slot unreleased, which
+    // refuses a plain start too).
+    member.signal(libc::SIGTERM);
+    let _ = member.finish();
     let mut plain = start(
         &env,
         &run_args(&url, &job, &[], "echo ready; exec sleep 1000"),

@@ -867,9 +867,21 @@ fn a_start_refused_for_a_held_slot_keeps_the_lock_delay_owed() {
         .expect("the loss fires within the heartbeat deadline");
     drop(guard);
 
-    // A slot is taken (at once: it is a key of its own, never held
-    // before), then the plain lock is refused.
-    let slot = acquired(pool.try_acquire().unwrap());
+    // A pool start is refused: the plain lock was not released cleanly.
+    let err = pool
+        .try_acquire()
+        .expect_err("a slot beside an unreleased plain lock");
+    assert_eq!(err.kind(), ErrorKind::Unsafe, "{err}");
+    assert!(
+        err.to_string().contains("was not released cleanly"),
+        "{err}"
+    );
+    // So a slot is held here by a session of the test's own (the refused
+    // start left slot 1's row, released), then the plain lock is refused.
+    let mut slot = admin();
+    let slot_key = crate::postgres_run::documented_key(&format!("{name}@1"));
+    slot.execute("SELECT pg_advisory_lock($1)", &[&slot_key])
+        .unwrap();
     let err = plain
         .try_acquire()
         .expect_err("a plain lock beside a held slot");

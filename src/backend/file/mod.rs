@@ -346,6 +346,7 @@ impl Backend for FileBackend {
             last_token,
             waiters: flock_waiters(&path).into_iter().map(waiter).collect(),
             stop_requested: None,
+            unreleased: false,
         })
     }
 

@@ -418,6 +418,7 @@ impl MysqlBackend {
         let row = table::row(session, lock_name)?;
         let server = session.holder(lock_name)?;
         let held = server.is_some();
+        let unreleased = !held && row.as_ref().is_some_and(|row| row.held);
         Ok(Status {
             name,
             location: lock_location(&self.target.location, lock_name),
@@ -428,6 +429,7 @@ impl MysqlBackend {
             // `stop` ends the holder's session at once here: no request
             // is ever pending.
             stop_requested: None,
+            unreleased,
         })
     }
 }

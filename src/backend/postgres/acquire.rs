@@ -174,7 +174,7 @@ impl PostgresBackend {
         // A session ended here (by `stop`, among others) ended after the
         // token was committed: as during the lock-delay, the starter
         // learns whether `stop` marked it before it starts over.
-        if let Some(other) = self
+        if let Some((other, held)) = self
             .pool_and_plain_mix(&mut session, name)
             .map_err(|err| lost_before_start(err).losing_start(key, token))?
         {
@@ -194,10 +194,12 @@ impl PostgresBackend {
             if let Err(err) = released {
                 log::warn!("lock '{name}': letting go after finding the other kind held: {err}");
             }
-            return Err(crate::backend::pool_and_plain_mix(
-                &LockName::new(name.base())?,
-                &other,
-            ));
+            let base = LockName::new(name.base())?;
+            return Err(if held {
+                crate::backend::pool_and_plain_mix(&base, &other)
+            } else {
+                crate::backend::pool_and_plain_mix_unreleased(&base, &other)
+            });
         }
         let keep = Keep {
             name: name.clone(),
@@ -279,12 +281,19 @@ impl PostgresBackend {
 
     /// A name is a pool of slots or a plain lock, not both (see
     /// [`crate::Lock`]): on the session that has just taken `name`, the
-    /// other kind held now, if any. For a plain lock, its slots
-    /// (`NAME@N`, found in the state table) that someone holds; for a slot,
-    /// the plain lock of its pool's name. One statement, on the session
-    /// that holds the lock, before the lock is handed out: of two that
-    /// race, the one that looks last finds the other's lock held.
-    fn pool_and_plain_mix(&self, session: &mut Session, name: &LockName) -> Result<Option<String>> {
+    /// other kind in use now, if any, and whether it is held (else it was
+    /// not released cleanly: its state row says `held`, its holder lost
+    /// it, its command may still run and the lock-delay it owes has not
+    /// been waited). For a plain lock, its slots (`NAME@N`, found in the
+    /// state table); for a slot, the plain lock of its pool's name. One
+    /// statement, on the session that holds the lock, before the lock is
+    /// handed out: of two that race, the one that looks last finds the
+    /// other's lock held.
+    fn pool_and_plain_mix(
+        &self,
+        session: &mut Session,
+        name: &LockName,
+    ) -> Result<Option<(String, bool)>> {
         const HELD: &str = "EXISTS (SELECT 1 FROM pg_locks l \
              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
@@ -292,21 +301,28 @@ impl PostgresBackend {
         if name.slot_number().is_some() {
             let base = LockName::new(name.base())?;
             let key = self.key(&base);
-            let sql = format!("SELECT {} FROM (SELECT $1::bigint AS k) s", HELD);
+            let sql = format!(
+                "SELECT {HELD}, EXISTS (SELECT 1 FROM {} WHERE key = k AND state = 'held') \
+                 FROM (SELECT $1::bigint AS k) s",
+                self.table.sql
+            );
             let rows = session
                 .query_typed(&sql, &[(&key, Type::INT8)])
                 .map_err(|failure| {
                     session.error("looking for the plain lock of the pool", failure)
                 })?;
-            let held = rows.first().is_some_and(|row| row.get::<_, bool>(0));
-            return Ok(held.then(|| base.to_string()));
+            let (held, unreleased) = rows.first().map_or((false, false), |row| {
+                (row.get::<_, bool>(0), row.get::<_, bool>(1))
+            });
+            return Ok((held || unreleased).then(|| (base.to_string(), held)));
         }
         // Every row whose name starts with `NAME@`; which of them are slots
-        // of `name` is decided as for any stored name.
+        // of `name` is decided as for any stored name. Held ones first.
         let prefix = format!("{}@", name.as_str());
         let sql = format!(
-            "SELECT name FROM (SELECT name, key AS k FROM {} WHERE left(name, $2) = $1) s \
-             WHERE {HELD} ORDER BY name",
+            "SELECT name, held FROM (SELECT name, {HELD} AS held, state \
+               FROM (SELECT name, key AS k, state FROM {} WHERE left(name, $2) = $1) r) s \
+             WHERE held OR state = 'held' ORDER BY held DESC, name",
             self.table.sql
         );
         let length = i32::try_from(prefix.chars().count()).unwrap_or(i32::MAX);
@@ -315,8 +331,10 @@ impl PostgresBackend {
             .map_err(|failure| session.error("looking for slots of the lock", failure))?;
         Ok(rows
             .iter()
-            .map(|row| row.get::<_, String>(0))
-            .find(|stored| LockName::from_stored(stored).is_some_and(|slot| slot.is_slot_of(name))))
+            .map(|row| (row.get::<_, String>(0), row.get::<_, bool>(1)))
+            .find(|(stored, _)| {
+                LockName::from_stored(stored).is_some_and(|slot| slot.is_slot_of(name))
+            }))
     }
 
     /// Who holds the lock `key`, as seen right after failing to take it.

@@ -439,6 +439,7 @@ impl PostgresBackend {
                 .is_some_and(|server| row.names_holder(server.pid));
             row.stop_pending().filter(|_| named)
         });
+        let unreleased = !held && row.as_ref().is_some_and(|row| row.state == "held");
         Ok(Status {
             name,
             location: self.location(key),
@@ -447,6 +448,7 @@ impl PostgresBackend {
             last_token: row.map(|row| row.token),
             waiters: view.waiter_lines(),
             stop_requested,
+            unreleased,
         })
     }
 }
