@@ -5,7 +5,7 @@
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, TryLockError};
 
 use rustls::client::WantsClientCert;
 use rustls::pki_types::pem::PemObject;
@@ -30,28 +30,53 @@ pub(super) fn roots(path: &Path) -> Result<Arc<RootCertStore>> {
 }
 
 /// The platform's trusted CAs, read once per process.
+///
+/// Not a `OnceLock`, nor a blocking mutex around the reading: a child
+/// forked while another thread of its parent read them (tens of
+/// milliseconds) inherited the lock taken, with no thread left to free it,
+/// and its own acquisition waited forever. The reading is done outside the
+/// cache's mutex, which is only ever tried: a process that finds it taken
+/// (by a thread it does not have, or a thread storing its result just
+/// now) reads the CAs itself.
 pub(super) fn system_roots() -> Result<Arc<RootCertStore>> {
-    static SYSTEM: OnceLock<std::result::Result<Arc<RootCertStore>, String>> = OnceLock::new();
-    SYSTEM
-        .get_or_init(|| {
-            let found = rustls_native_certs::load_native_certs();
-            let mut store = RootCertStore::empty();
-            store.add_parsable_certificates(found.certs);
-            if store.is_empty() {
-                let why: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
-                return Err(format!(
-                    "sslrootcert=system: no trusted CA found in the platform's store{}",
-                    if why.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", why.join("; "))
-                    }
-                ));
+    type Found = std::result::Result<Arc<RootCertStore>, String>;
+    static SYSTEM: Mutex<Option<Found>> = Mutex::new(None);
+    let tried = |use_it: &mut dyn FnMut(&mut Option<Found>)| match SYSTEM.try_lock() {
+        Ok(mut cache) => use_it(&mut cache),
+        Err(TryLockError::Poisoned(poisoned)) => use_it(&mut poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => {}
+    };
+    let mut found = None;
+    tried(&mut |cache| found = cache.clone());
+    let found = match found {
+        Some(found) => found,
+        None => {
+            let read = read_system_roots();
+            tried(&mut |cache| {
+                cache.get_or_insert_with(|| read.clone());
+            });
+            read
+        }
+    };
+    found.map_err(Error::unavailable)
+}
+
+fn read_system_roots() -> std::result::Result<Arc<RootCertStore>, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut store = RootCertStore::empty();
+    store.add_parsable_certificates(found.certs);
+    if store.is_empty() {
+        let why: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "sslrootcert=system: no trusted CA found in the platform's store{}",
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", why.join("; "))
             }
-            Ok(Arc::new(store))
-        })
-        .clone()
-        .map_err(Error::unavailable)
+        ));
+    }
+    Ok(Arc::new(store))
 }
 
 /// The revocation lists of a CRL file.
