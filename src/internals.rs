@@ -38,10 +38,13 @@ pub fn socket_name(files: &FileBackend, name: &LockName) -> Result<Vec<u8>> {
 
 /// Installs the at-fork hooks that keep the library's process-wide
 /// mutexes out of a forked child's inheritance, as every entry point that
-/// takes one does first. For the Python module's init: a program that
-/// imported it has them before any of its threads can acquire or fork.
+/// takes one does first, and runs the MySQL driver's one-time
+/// initialisations. For the Python module's init: a program that imported
+/// it has them before any of its threads can acquire or fork.
 pub fn install_fork_hooks() {
     crate::backend::ticker::install_fork_hooks();
+    #[cfg(feature = "mysql")]
+    crate::backend::mysql::prepare_driver_for_fork();
 }
 
 /// The nearest-rank quantile `q` (0 to 1) of `sorted`: the smallest value

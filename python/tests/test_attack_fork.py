@@ -66,9 +66,6 @@ def assert_children_acquire(tmp_path, kind, url, runs, step):
     assert not hung, f"children hung at their first acquisition (delay, output): {hung}"
 
 
-@pytest.mark.skip(
-    reason="finding 2 (not fixed): mysql_common's LazyLock regexes copied 'running' into a forked child"
-)
 @pytest.mark.skipif(not os.environ.get("ONLYONE_TEST_MYSQL_URL"), reason="needs MySQL")
 def test_a_child_forked_during_a_threads_first_mariadb_connection_can_acquire(tmp_path):
     """Finding 2: mysql_common parses a MariaDB server's version with a

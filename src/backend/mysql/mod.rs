@@ -601,6 +601,29 @@ fn holder_of(server: &session::ServerHolder, row: Option<&table::Row>) -> Holder
 /// case while the state table's rows (and MariaDB) tell `Demo` from
 /// `demo`: two names that differ in case only must be two locks
 /// everywhere, or their holders would share a lock but not a row.
+/// Runs the driver's one-time initialisations that a connection would run
+/// (mysql_common compiles its server version regexes in a `LazyLock` at
+/// the first handshake), so that a fork while another thread makes its
+/// first connection cannot leave one "running" in the child, whose own
+/// first connection would then wait for it forever.
+pub(crate) fn prepare_driver_for_fork() {
+    use mysql_common::constants::{CapabilityFlags, StatusFlags};
+    use mysql_common::packets::HandshakePacket;
+    let handshake = HandshakePacket::new(
+        10,
+        &b"5.5.5-10.11.0-MariaDB"[..],
+        0,
+        [0; 8],
+        None::<&[u8]>,
+        CapabilityFlags::empty(),
+        0,
+        StatusFlags::empty(),
+        None::<&[u8]>,
+    );
+    let _ = handshake.server_version_parsed();
+    let _ = handshake.maria_db_server_version_parsed();
+}
+
 fn map_name(database: &str, text: &str) -> String {
     let scoped = format!("{database}/{text}");
     let plain = format!("{PREFIX}{scoped}");
