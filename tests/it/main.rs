@@ -33,6 +33,7 @@ mod postgres_handoff;
 mod postgres_lib;
 mod postgres_run;
 mod postgres_safety;
+mod postgres_shared;
 mod postgres_tls;
 mod properties;
 mod regression;

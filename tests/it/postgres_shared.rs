@@ -1,0 +1,307 @@
+//! Many names on few sessions ([`PostgresBackend::share_sessions`]),
+//! against the server named by `ONLYONE_TEST_POSTGRES_URL`: the sessions
+//! the server shows, a key never taken twice on one session, one release
+//! leaving the others held, a terminated session losing every name on it
+//! (and no successor starting before the lock-delay), and `stop` asking
+//! a holder on a shared session before it ends the session.
+
+#![cfg(feature = "postgres")]
+
+use std::time::{Duration, Instant};
+
+use crate::postgres_lib::{Fixture, LOCK_DELAY, acquired, admin, terminate};
+use onlyone::{Attempt, Backend, Guard, LockName, PostgresBackend, Stop, Wait};
+
+fn shared(fixture: &Fixture, max: usize) -> PostgresBackend {
+    fixture.backend().share_sessions(max).unwrap()
+}
+
+/// The server processes of this process's shared sessions, and how many
+/// advisory keys each holds.
+fn shared_sessions() -> Vec<(i32, i64)> {
+    let pattern = format!("onlyone:shared@%:{}", std::process::id());
+    admin()
+        .query(
+            "SELECT a.pid, (SELECT count(*) FROM pg_locks l \
+                            WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted) \
+             FROM pg_stat_activity a WHERE a.application_name LIKE $1 ORDER BY a.pid",
+            &[&pattern],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+/// This test's shared sessions only: the fixture's names are in its keys.
+fn keys_on(pid: i32) -> i64 {
+    admin()
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'advisory' AND granted",
+            &[&pid],
+        )
+        .unwrap()
+        .get(0)
+}
+
+fn held_by(backend: &PostgresBackend, name: &LockName) -> i32 {
+    crate::postgres_lib::holder_backend_pid(backend, name)
+}
+
+#[test]
+fn a_thousand_names_are_held_on_a_few_sessions() {
+    let fixture = Fixture::new("shared_many");
+    let backend = shared(&fixture, 4);
+    let names: Vec<LockName> = (0..1000).map(|i| fixture.name(&format!("n{i}"))).collect();
+    let start = Instant::now();
+    let guards: Vec<Guard> = names
+        .iter()
+        .map(|name| acquired(backend.try_acquire(name, &[]).unwrap()))
+        .collect();
+    let took = start.elapsed();
+    // What the server shows of this process: a few sessions, all keys.
+    let seen = shared_sessions();
+    assert!(seen.len() <= 4, "{seen:?}");
+    assert_eq!(backend.shared_sessions(), seen.len());
+    let pids: Vec<i32> = seen.iter().map(|(pid, _)| *pid).collect();
+    assert_eq!(
+        seen.iter().map(|(_, keys)| keys).sum::<i64>(),
+        1000,
+        "every key on the shared sessions: {seen:?}"
+    );
+    assert!(pids.contains(&held_by(&backend, &names[999])));
+    // Every name is proven by the one heartbeat per session.
+    std::thread::sleep(backend.heartbeat_deadline() * 2);
+    assert!(guards.iter().all(|guard| guard.lost().is_none()));
+    // A contender elsewhere finds them held.
+    let other = fixture.backend();
+    assert!(matches!(
+        other.try_acquire(&names[500], &[]).unwrap(),
+        Attempt::Held(_)
+    ));
+    let tokens: Vec<u64> = guards.iter().map(|guard| guard.token().unwrap()).collect();
+    assert!(tokens.iter().all(|token| *token == 1), "{tokens:?}");
+    for guard in guards {
+        guard.release().unwrap();
+    }
+    assert_eq!(pids.iter().map(|pid| keys_on(*pid)).sum::<i64>(), 0);
+    eprintln!("1000 names acquired in {took:?} on {} sessions", pids.len());
+}
+
+#[test]
+fn the_same_name_twice_in_one_process_is_refused_not_reentered() {
+    let fixture = Fixture::new("shared_twice");
+    let backend = shared(&fixture, 1);
+    let name = fixture.name("lock");
+    let first = acquired(backend.try_acquire(&name, &[]).unwrap());
+    // Advisory locks are re-entrant per session: the server alone would
+    // grant this one on the same session.
+    match backend.try_acquire(&name, &[]).unwrap() {
+        Attempt::Held(holder) => assert_eq!(holder.pids, [std::process::id()]),
+        Attempt::Acquired(_) => panic!("the same name was taken twice on one session"),
+    }
+    // A wait waits (on a dedicated session) and times out.
+    let waited = backend
+        .acquire(
+            &name,
+            &[],
+            Wait::Until(Some(Instant::now() + Duration::from_millis(300))),
+        )
+        .unwrap();
+    assert!(matches!(waited, Attempt::Held(_)));
+    assert_eq!(keys_on(held_by(&backend, &name)), 1);
+    first.release().unwrap();
+    let again = acquired(backend.try_acquire(&name, &[]).unwrap());
+    assert_eq!(again.token(), Some(2));
+}
+
+#[test]
+fn releasing_one_name_leaves_the_others_held() {
+    let fixture = Fixture::new("shared_release");
+    let backend = shared(&fixture, 1);
+    let [a, b, c] = ["a", "b", "c"].map(|suffix| fixture.name(suffix));
+    let guard_a = acquired(backend.try_acquire(&a, &[]).unwrap());
+    let guard_b = acquired(backend.try_acquire(&b, &[]).unwrap());
+    let guard_c = acquired(backend.try_acquire(&c, &[]).unwrap());
+    let pid = held_by(&backend, &a);
+    assert_eq!(held_by(&backend, &c), pid, "one session");
+    guard_b.release().unwrap();
+    assert_eq!(keys_on(pid), 2);
+    let other = fixture.backend();
+    // Released cleanly: no lock-delay.
+    let started = Instant::now();
+    let taken_b = acquired(other.try_acquire(&b, &[]).unwrap());
+    assert!(started.elapsed() < LOCK_DELAY, "{:?}", started.elapsed());
+    assert!(matches!(
+        other.try_acquire(&a, &[]).unwrap(),
+        Attempt::Held(_)
+    ));
+    // Dropping a guard releases its key only.
+    drop(guard_c);
+    assert_eq!(keys_on(pid), 1);
+    let taken_c = acquired(other.try_acquire(&c, &[]).unwrap());
+    std::thread::sleep(backend.heartbeat_deadline() * 2);
+    assert_eq!(guard_a.lost(), None);
+    drop((taken_b, taken_c));
+    guard_a.release().unwrap();
+}
+
+#[test]
+fn a_terminated_shared_session_loses_every_name_on_it() {
+    let fixture = Fixture::new("shared_terminated");
+    let backend = shared(&fixture, 1);
+    let names: Vec<LockName> = (0..5).map(|i| fixture.name(&format!("n{i}"))).collect();
+    let guards: Vec<Guard> = names
+        .iter()
+        .map(|name| acquired(backend.try_acquire(name, &[]).unwrap()))
+        .collect();
+    let pid = held_by(&backend, &names[0]);
+    assert_eq!(keys_on(pid), 5);
+    let terminated_at = Instant::now();
+    terminate(pid);
+    for guard in &guards {
+        guard
+            .loss_watch()
+            .wait(Some(backend.heartbeat_deadline()))
+            .expect("every name on the session is lost");
+    }
+    assert!(terminated_at.elapsed() <= backend.heartbeat_deadline());
+    // No successor starts before the lock-delay.
+    let other = fixture.backend();
+    let mut successors = Vec::new();
+    for name in &names[..2] {
+        let started = Instant::now();
+        let next = acquired(other.try_acquire(name, &[]).unwrap());
+        assert!(started.elapsed() >= LOCK_DELAY, "{:?}", started.elapsed());
+        assert_eq!(next.token(), Some(2));
+        successors.push(next);
+    }
+    // The guards of the lost session let go of nothing held by others.
+    drop(guards);
+    assert!(matches!(
+        other.try_acquire(&names[0], &[]).unwrap(),
+        Attempt::Held(_)
+    ));
+    // The backend opens a new shared session for the next names.
+    let again = acquired(backend.try_acquire(&names[4], &[]).unwrap());
+    assert_ne!(held_by(&backend, &names[4]), pid);
+    drop((again, successors));
+}
+
+/// `stop` with SIGKILL on a shared session asks first: a holder that lets
+/// go in time costs the other names nothing.
+#[test]
+fn stop_on_a_shared_session_asks_before_it_ends_the_session() {
+    let fixture = Fixture::new("shared_stop");
+    let backend = shared(&fixture, 1);
+    let [a, b] = ["a", "b"].map(|suffix| fixture.name(suffix));
+    let guard_a = acquired(backend.try_acquire(&a, &[]).unwrap());
+    let guard_b = acquired(backend.try_acquire(&b, &[]).unwrap());
+    let watch_a = guard_a.loss_watch();
+    let holder = std::thread::spawn(move || {
+        let (tell, told) = std::sync::mpsc::channel();
+        watch_a.on_stop_request(move |from| tell.send(from).unwrap());
+        let from = told.recv().unwrap();
+        guard_a.release().unwrap();
+        from
+    });
+    let stopper = fixture.backend();
+    let stopped = stopper.stop_holder(&a, libc::SIGKILL, None).unwrap();
+    assert!(matches!(stopped, Stop::Signalled(_)), "{stopped:?}");
+    let from = holder.join().unwrap();
+    assert!(
+        from.ends_with(&format!(":{}", std::process::id())),
+        "{from}"
+    );
+    // b was not touched.
+    std::thread::sleep(backend.heartbeat_deadline());
+    assert_eq!(guard_b.lost(), None);
+    let started = Instant::now();
+    drop(acquired(stopper.try_acquire(&a, &[]).unwrap()));
+    assert!(started.elapsed() < LOCK_DELAY, "released cleanly");
+    guard_b.release().unwrap();
+}
+
+/// A holder that does not answer is ended after its T + kill grace: then
+/// every name on its session is lost, as after a failure.
+#[test]
+fn stop_ends_a_shared_session_whose_holder_does_not_answer() {
+    let fixture = Fixture::new("shared_stop_end");
+    let backend = shared(&fixture, 1);
+    let [a, b] = ["a", "b"].map(|suffix| fixture.name(suffix));
+    let guard_a = acquired(backend.try_acquire(&a, &[]).unwrap());
+    let guard_b = acquired(backend.try_acquire(&b, &[]).unwrap());
+    let stopper = fixture.backend();
+    let started = Instant::now();
+    let stopped = stopper.stop_holder(&a, libc::SIGKILL, None).unwrap();
+    assert!(matches!(stopped, Stop::Signalled(_)), "{stopped:?}");
+    assert!(
+        started.elapsed() >= backend.heartbeat_deadline(),
+        "asked first: {:?}",
+        started.elapsed()
+    );
+    assert!(guard_a.loss_watch().stop_requested().is_some());
+    for guard in [&guard_a, &guard_b] {
+        guard
+            .loss_watch()
+            .wait(Some(backend.heartbeat_deadline()))
+            .expect("both names are lost with the session");
+    }
+}
+
+/// Asking (any signal but SIGKILL) on a shared session only asks.
+#[test]
+fn a_stop_request_reaches_the_one_name_on_a_shared_session() {
+    let fixture = Fixture::new("shared_ask");
+    let backend = shared(&fixture, 1);
+    let [a, b] = ["a", "b"].map(|suffix| fixture.name(suffix));
+    let guard_a = acquired(backend.try_acquire(&a, &[]).unwrap());
+    let guard_b = acquired(backend.try_acquire(&b, &[]).unwrap());
+    let stopper = fixture.backend();
+    let stopped = stopper.stop_holder(&a, libc::SIGTERM, None).unwrap();
+    assert!(matches!(stopped, Stop::Requested(..)), "{stopped:?}");
+    let watch = guard_a.loss_watch();
+    let (tell, told) = std::sync::mpsc::channel();
+    watch.on_stop_request(move |from| tell.send(from).unwrap());
+    told.recv_timeout(backend.heartbeat_deadline())
+        .expect("the request reaches the holder");
+    std::thread::sleep(backend.heartbeat_deadline());
+    assert_eq!(guard_b.loss_watch().stop_requested(), None);
+    assert_eq!(guard_a.lost(), None);
+    assert_eq!(guard_b.lost(), None);
+    guard_a.release().unwrap();
+    guard_b.release().unwrap();
+}
+
+/// A name held by another process is waited for on a dedicated session
+/// (a wait in the server's queue would block the shared one), and kept
+/// there once granted.
+#[test]
+fn a_wait_for_a_name_held_elsewhere_waits_on_a_dedicated_session() {
+    let fixture = Fixture::new("shared_wait");
+    let backend = shared(&fixture, 1);
+    let [a, b] = ["a", "b"].map(|suffix| fixture.name(suffix));
+    let guard_b = acquired(backend.try_acquire(&b, &[]).unwrap());
+    let other = fixture.backend();
+    let elsewhere = acquired(other.try_acquire(&a, &[]).unwrap());
+    let waiter = std::thread::spawn(move || {
+        let attempt = backend
+            .acquire(
+                &a,
+                &[],
+                Wait::Until(Some(Instant::now() + Duration::from_secs(30))),
+            )
+            .unwrap();
+        (backend, a, attempt)
+    });
+    // Released once the waiter is queued in the server.
+    while other.status(&fixture.name("a")).unwrap().waiters.is_empty() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    elsewhere.release().unwrap();
+    let (backend, a, attempt) = waiter.join().unwrap();
+    let guard_a = acquired(attempt);
+    assert_ne!(held_by(&backend, &a), held_by(&backend, &b));
+    assert_eq!(guard_b.lost(), None);
+    drop((guard_a, guard_b));
+}
