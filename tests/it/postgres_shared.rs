@@ -59,17 +59,35 @@ fn a_thousand_names_are_held_on_a_few_sessions() {
         .map(|name| acquired(backend.try_acquire(name, &[]).unwrap()))
         .collect();
     let took = start.elapsed();
-    // What the server shows of this process: a few sessions, all keys.
-    let seen = shared_sessions();
-    assert!(seen.len() <= 4, "{seen:?}");
-    assert_eq!(backend.shared_sessions(), seen.len());
-    let pids: Vec<i32> = seen.iter().map(|(pid, _)| *pid).collect();
+    // What the server shows: every key on a few of this process's shared
+    // sessions (other tests of this process have their own).
+    let keys: Vec<i64> = names.iter().map(PostgresBackend::key_for).collect();
+    let holders: Vec<(i32, i64)> = admin()
+        .query(
+            "SELECT l.pid, count(*) FROM pg_locks l \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+               AND ((l.classid::bigint << 32) | l.objid::bigint) = ANY($1) \
+             GROUP BY l.pid",
+            &[&keys],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert!(holders.len() <= 4, "{holders:?}");
+    assert_eq!(backend.shared_sessions(), holders.len());
     assert_eq!(
-        seen.iter().map(|(_, keys)| keys).sum::<i64>(),
+        holders.iter().map(|(_, n)| n).sum::<i64>(),
         1000,
-        "every key on the shared sessions: {seen:?}"
+        "{holders:?}"
     );
-    assert!(pids.contains(&held_by(&backend, &names[999])));
+    let pids: Vec<i32> = holders.iter().map(|(pid, _)| *pid).collect();
+    let seen = shared_sessions();
+    assert!(
+        pids.iter()
+            .all(|pid| seen.iter().any(|(shared, _)| shared == pid)),
+        "named onlyone:shared: {seen:?} {pids:?}"
+    );
     // Every name is proven by the one heartbeat per session.
     std::thread::sleep(backend.heartbeat_deadline() * 2);
     assert!(guards.iter().all(|guard| guard.lost().is_none()));
@@ -201,14 +219,15 @@ fn stop_on_a_shared_session_asks_before_it_ends_the_session() {
     let holder = std::thread::spawn(move || {
         let (tell, told) = std::sync::mpsc::channel();
         watch_a.on_stop_request(move |from| tell.send(from).unwrap());
-        let from = told.recv().unwrap();
+        // Bounded: without the request, the test fails instead of hanging.
+        let from = told.recv_timeout(Duration::from_secs(30));
         guard_a.release().unwrap();
         from
     });
     let stopper = fixture.backend();
     let stopped = stopper.stop_holder(&a, libc::SIGKILL, None).unwrap();
     assert!(matches!(stopped, Stop::Signalled(_)), "{stopped:?}");
-    let from = holder.join().unwrap();
+    let from = holder.join().unwrap().expect("the holder was asked");
     assert!(
         from.ends_with(&format!(":{}", std::process::id())),
         "{from}"
@@ -304,4 +323,58 @@ fn a_wait_for_a_name_held_elsewhere_waits_on_a_dedicated_session() {
     assert_ne!(held_by(&backend, &a), held_by(&backend, &b));
     assert_eq!(guard_b.lost(), None);
     drop((guard_a, guard_b));
+}
+
+/// As on a dedicated session, every acquisition on a shared session sees
+/// the catalog tampered with after an earlier one, although the session
+/// (and its table check at opening) stays: a replaced fence function is
+/// refused (unsafe), a disabled guard trigger is put back.
+#[test]
+fn every_acquisition_on_a_shared_session_sees_the_catalog_tampered_after_an_earlier_one() {
+    let fixture = Fixture::new("shared_tamper");
+    let table = &fixture.table;
+    let backend = shared(&fixture, 1);
+    let name = fixture.name("lock");
+    // Another name keeps the shared session open throughout.
+    let keeper = acquired(backend.try_acquire(&fixture.name("keeper"), &[]).unwrap());
+    let take = || match backend.try_acquire(&name, &[]) {
+        Ok(attempt) => acquired(attempt).release().map_err(|err| err.to_string()),
+        Err(err) => {
+            assert_eq!(err.kind(), onlyone::ErrorKind::Unsafe, "{err}");
+            Err(err.to_string())
+        }
+    };
+    take().unwrap();
+    let mut admin = admin();
+    let fence = format!("public.{table}_fence(text,bigint)");
+    admin
+        .batch_execute(&format!(
+            "CREATE OR REPLACE FUNCTION public.{table}_fence(name text, token bigint) \
+             RETURNS void LANGUAGE plpgsql SECURITY DEFINER \
+             SET search_path = pg_catalog, pg_temp AS $$ BEGIN END $$"
+        ))
+        .unwrap();
+    let err = take().expect_err("a replaced fence function was used");
+    assert!(err.contains("is not the one onlyone creates"), "{err}");
+    admin
+        .batch_execute(&format!("DROP FUNCTION {fence}"))
+        .unwrap();
+    take().unwrap();
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE public.{table} DISABLE TRIGGER onlyone_guard_rows"
+        ))
+        .unwrap();
+    take().unwrap();
+    let enabled: String = admin
+        .query_one(
+            "SELECT tgenabled::text FROM pg_trigger \
+             WHERE tgrelid = to_regclass($1) AND tgname = 'onlyone_guard_rows'",
+            &[&format!("public.{table}")],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(enabled, "O", "the disabled guard trigger was left disabled");
+    assert_eq!(keeper.lost(), None);
+    keeper.release().unwrap();
 }

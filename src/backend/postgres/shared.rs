@@ -131,9 +131,10 @@ enum Taken {
     },
     /// Someone else holds it.
     Busy(Holder),
-    /// The previous holder's fenced transactions still run: taken on a
-    /// dedicated session instead (the key was let go of).
-    Fenced,
+    /// To be taken on a dedicated session instead: the previous holder's
+    /// fenced transactions still run (the key was let go of), or the state
+    /// table is to be made or migrated (nothing was taken).
+    Dedicated,
 }
 
 impl Pool {
@@ -328,7 +329,7 @@ impl PostgresBackend {
             };
             let (token, previous_was_held, owed, loss) = match taken? {
                 Taken::Busy(holder) => return busy(holder),
-                Taken::Fenced => return Ok(None),
+                Taken::Dedicated => return Ok(None),
                 Taken::Held {
                     token,
                     previous_was_held,
@@ -638,6 +639,13 @@ impl Worker {
                 "lock '{name}' is already held on this shared session"
             )));
         }
+        // Every acquisition checks the table's catalog facts, as on a
+        // dedicated session (a trigger disabled or a function replaced
+        // since an earlier one is seen); making or migrating it waits for
+        // other sessions, which a shared session must not.
+        if !self.backend.table.is_current(&mut self.session)? {
+            return Ok(Taken::Dedicated);
+        }
         if !self.session.lock(key, Wait::No)? {
             return Ok(Taken::Busy(self.backend.holder(&mut self.session, key)?));
         }
@@ -645,7 +653,7 @@ impl Worker {
             Ok(Some(taken)) => Ok(taken),
             Ok(None) => {
                 self.unlock(key)?;
-                Ok(Taken::Fenced)
+                Ok(Taken::Dedicated)
             }
             Err(err) => {
                 if !err.ended_session() {
