@@ -661,8 +661,8 @@ pub fn many_names(
     report: &mut Report,
 ) -> Result<()> {
     let n = config.pg_names;
-    let dedicated = many_names_once(cluster, n, None, "pg-many")?;
-    let shared = many_names_once(cluster, n, Some(4), "pg-many-shared")?;
+    let mut dedicated = many_names_once(cluster, n, None, "pg-many")?;
+    let mut shared = many_names_once(cluster, n, Some(4), "pg-many-shared")?;
     let mut detail = Detail::new(
         &format!("{n} names held by one process, PostgreSQL (library)"),
         &format!(

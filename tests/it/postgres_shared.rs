@@ -227,9 +227,11 @@ fn stop_on_a_shared_session_asks_before_it_ends_the_session() {
     let stopper = fixture.backend();
     let stopped = stopper.stop_holder(&a, libc::SIGKILL, None).unwrap();
     assert!(matches!(stopped, Stop::Signalled(_)), "{stopped:?}");
+    // Who asked: from the announcement, unless a heartbeat's row check
+    // found the mark first.
     let from = holder.join().unwrap().expect("the holder was asked");
     assert!(
-        from.ends_with(&format!(":{}", std::process::id())),
+        from.ends_with(&format!(":{}", std::process::id())) || from.contains("missed"),
         "{from}"
     );
     // b was not touched.

@@ -108,7 +108,7 @@ enum Request {
     /// Take `name` if it is free, record it, and keep it.
     Take {
         name: LockName,
-        record: Record,
+        record: Box<Record>,
         lost: Option<(i64, u64)>,
         reply: std_mpsc::SyncSender<Result<Taken>>,
     },
@@ -130,7 +130,7 @@ enum Taken {
         loss: LossWatch,
     },
     /// Someone else holds it.
-    Busy(Holder),
+    Busy(Box<Holder>),
     /// To be taken on a dedicated session instead: the previous holder's
     /// fenced transactions still run (the key was let go of), or the state
     /// table is to be made or migrated (nothing was taken).
@@ -317,7 +317,7 @@ impl PostgresBackend {
             let (reply, answer) = std_mpsc::sync_channel(1);
             let request = Request::Take {
                 name: name.clone(),
-                record: record.clone(),
+                record: Box::new(record.clone()),
                 lost,
                 reply,
             };
@@ -328,7 +328,7 @@ impl PostgresBackend {
                 continue;
             };
             let (token, previous_was_held, owed, loss) = match taken? {
-                Taken::Busy(holder) => return busy(holder),
+                Taken::Busy(holder) => return busy(*holder),
                 Taken::Dedicated => return Ok(None),
                 Taken::Held {
                     token,
@@ -596,7 +596,7 @@ impl Worker {
                 reply,
             } => {
                 let key = self.backend.key(&name);
-                let taken = self.take(&name, key, record, lost);
+                let taken = self.take(&name, key, *record, lost);
                 let ended = match &taken {
                     Err(err) if err.ended_session() => Some(err.to_string()),
                     _ => None,
@@ -647,7 +647,9 @@ impl Worker {
             return Ok(Taken::Dedicated);
         }
         if !self.session.lock(key, Wait::No)? {
-            return Ok(Taken::Busy(self.backend.holder(&mut self.session, key)?));
+            return Ok(Taken::Busy(Box::new(
+                self.backend.holder(&mut self.session, key)?,
+            )));
         }
         match self.record(name, key, record, lost) {
             Ok(Some(taken)) => Ok(taken),

@@ -16,6 +16,10 @@ use crate::error::{Error, Result};
 use crate::name::LockName;
 use crate::record::{RECORD_FORMAT, Record};
 
+/// Per key: whether its row is intact and whether `stop` asked its
+/// holder to stop; and the server process that answered.
+pub(super) type RowsIntact = (Vec<(i64, bool, bool)>, Option<i32>);
+
 /// The columns read back for a row, in [`Row::from_pg`]'s order.
 const COLUMNS: &str = "name, key, token, state, backend_pid, pid, host, start_time, boot_id, \
                        user_name, uid, command, acquired_at, stopped_token, stop_within_ms";
@@ -227,7 +231,7 @@ impl Table {
         held: &[(i64, &Holding)],
         deadline: Duration,
         budget: Duration,
-    ) -> std::result::Result<(Vec<(i64, bool, bool)>, Option<i32>), Failure> {
+    ) -> std::result::Result<RowsIntact, Failure> {
         let sql = format!(
             "SELECT e.key, \
                     coalesce(r.token = e.token AND r.state = 'held' \
