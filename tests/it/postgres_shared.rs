@@ -380,3 +380,56 @@ fn every_acquisition_on_a_shared_session_sees_the_catalog_tampered_after_an_earl
     assert_eq!(keeper.lost(), None);
     keeper.release().unwrap();
 }
+
+/// Work on one name never delays the others' loss past the deadline: an
+/// acquisition sent to a shared session whose network froze would wait
+/// 10 s for its answers, but every statement of the session is cut off at
+/// the last good heartbeat + T, so every name on it is lost by then.
+#[test]
+fn a_frozen_shared_session_loses_every_name_by_the_deadline_even_while_taking_another() {
+    use crate::harness::proxy::Proxy;
+    use crate::postgres_lib::{upstream, url_through};
+    let fixture = Fixture::new("shared_frozen");
+    let proxy = Proxy::start(upstream());
+    let backend = PostgresBackend::new(onlyone::PostgresConfig {
+        url: url_through(proxy.addr().port()),
+        ..fixture.config()
+    })
+    .unwrap()
+    .share_sessions(1)
+    .unwrap();
+    let backend = std::sync::Arc::new(backend);
+    let guards: Vec<Guard> = (0..3)
+        .map(|i| {
+            acquired(
+                backend
+                    .try_acquire(&fixture.name(&format!("n{i}")), &[])
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let deadline = backend.heartbeat_deadline();
+    proxy.freeze();
+    let frozen_at = Instant::now();
+    let taking = backend.clone();
+    let late = fixture.name("late");
+    let taker = std::thread::spawn(move || taking.try_acquire(&late, &[]).map(drop));
+    for guard in &guards {
+        guard
+            .loss_watch()
+            .wait(Some(deadline + Duration::from_secs(15)))
+            .expect("every name on the frozen session is lost");
+    }
+    let noticed_after = frozen_at.elapsed();
+    // At most T after the last good heartbeat, sent at most one interval
+    // before the freeze.
+    assert!(
+        noticed_after <= deadline + Duration::from_millis(300),
+        "{noticed_after:?}"
+    );
+    drop(guards);
+    // The late acquisition ends too (a new session cannot connect through
+    // the frozen proxy), without holding anything.
+    let _ = taker.join().unwrap();
+    drop(proxy);
+}
