@@ -124,6 +124,25 @@ impl LossWatch {
         self.run(fired);
     }
 
+    /// Records that the lock is lost and wakes every waiter, as
+    /// [`LossWatch::fire`] does, but leaves the callbacks to the returned
+    /// function: for a loss of several locks at once, each recorded before
+    /// any callback runs (a callback that blocks does not hold up the
+    /// others' loss).
+    pub(crate) fn fire_deferred(&self, reason: String) -> Box<dyn FnOnce() + Send> {
+        let fired = self.state().loss.set(reason);
+        if fired.is_some() {
+            self.0.1.notify_all();
+        }
+        Box::new(move || {
+            if let Some((value, callbacks)) = fired {
+                for callback in callbacks {
+                    callback(value.clone());
+                }
+            }
+        })
+    }
+
     /// Wakes every waiter and runs `callbacks` with `value`, outside the
     /// lock.
     fn run(&self, fired: Option<(String, Vec<LossCallback>)>) {

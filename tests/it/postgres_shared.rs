@@ -433,3 +433,40 @@ fn a_frozen_shared_session_loses_every_name_by_the_deadline_even_while_taking_an
     let _ = taker.join().unwrap();
     drop(proxy);
 }
+
+/// A lost session's names are all lost before any loss callback runs: a
+/// callback that blocks (here, every name's, until the end of the test)
+/// does not hold up the others' loss.
+#[test]
+fn a_blocking_loss_callback_does_not_hold_up_the_other_names_loss() {
+    let fixture = Fixture::new("shared_blocking_callback");
+    let backend = shared(&fixture, 1);
+    let guards: Vec<Guard> = (0..3)
+        .map(|i| {
+            acquired(
+                backend
+                    .try_acquire(&fixture.name(&format!("n{i}")), &[])
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let (unblock, blocked) = std::sync::mpsc::channel::<()>();
+    let blocked = std::sync::Arc::new(std::sync::Mutex::new(blocked));
+    for guard in &guards {
+        let blocked = blocked.clone();
+        guard.loss_watch().on_loss(move |_| {
+            let _ = blocked.lock().unwrap().recv();
+        });
+    }
+    terminate(held_by(&backend, &fixture.name("n0")));
+    for guard in &guards {
+        guard
+            .loss_watch()
+            .wait(Some(backend.heartbeat_deadline() * 2))
+            .expect("every name is lost, whatever its callbacks do");
+    }
+    for _ in 0..guards.len() {
+        unblock.send(()).unwrap();
+    }
+    drop(guards);
+}

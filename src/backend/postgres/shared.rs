@@ -576,8 +576,15 @@ impl Worker {
     /// The session is lost: so is every name on it, at once.
     fn lose(self, Lost(reason): Lost) {
         self.shared.alive.store(false, Ordering::SeqCst);
-        for entry in self.names.values() {
-            entry.loss.fire(reason.clone());
+        // Every name is lost before any callback runs: one that blocks
+        // does not hold up the others.
+        let callbacks: Vec<_> = self
+            .names
+            .values()
+            .map(|entry| entry.loss.fire_deferred(reason.clone()))
+            .collect();
+        for callback in callbacks {
+            callback();
         }
         log::debug!(
             "the shared PostgreSQL session is lost with {} names: {reason}",
