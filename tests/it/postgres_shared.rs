@@ -470,3 +470,47 @@ fn a_blocking_loss_callback_does_not_hold_up_the_other_names_loss() {
     }
     drop(guards);
 }
+
+/// A token that must wait for the previous holder's fenced transactions
+/// (no deadline) is not waited for on the shared session: the name is
+/// taken on a dedicated session, and the shared session's other names keep
+/// being proven meanwhile.
+#[test]
+fn a_wait_for_fenced_transactions_does_not_stall_the_shared_session() {
+    use crate::postgres_fence::{fence_key, wait_for_queue};
+    let fixture = Fixture::new("shared_fenced");
+    let name = fixture.name("fenced");
+    // The previous holder, with a fenced transaction left open, lost.
+    let previous_backend = fixture.backend();
+    let previous = acquired(previous_backend.try_acquire(&name, &[]).unwrap());
+    let mut client = admin();
+    let mut stale = client.transaction().unwrap();
+    stale.batch_execute(&previous.fence_sql().unwrap()).unwrap();
+    terminate(held_by(&previous_backend, &name));
+    previous
+        .loss_watch()
+        .wait(Some(previous_backend.heartbeat_deadline()))
+        .expect("the previous holder is lost");
+    drop(previous);
+
+    let backend = std::sync::Arc::new(shared(&fixture, 1));
+    let other = acquired(backend.try_acquire(&fixture.name("other"), &[]).unwrap());
+    let taking = backend.clone();
+    let fenced = name.clone();
+    let taker = std::thread::spawn(move || taking.try_acquire(&fenced, &[]).unwrap());
+    wait_for_queue(fence_key(name.as_str()));
+    // Waiting with no deadline, for longer than T: the other name stays
+    // proven.
+    std::thread::sleep(backend.heartbeat_deadline() * 2);
+    assert_eq!(other.lost(), None);
+    assert_eq!(other.loss_watch().wait_held(), None);
+    stale.commit().unwrap();
+    let guard = acquired(taker.join().unwrap());
+    assert_eq!(guard.token(), Some(2));
+    assert_ne!(
+        held_by(&backend, &name),
+        held_by(&backend, &fixture.name("other")),
+        "taken on a dedicated session"
+    );
+    assert_eq!(other.lost(), None);
+}
