@@ -514,3 +514,31 @@ fn a_wait_for_fenced_transactions_does_not_stall_the_shared_session() {
     );
     assert_eq!(other.lost(), None);
 }
+
+/// A stop-request callback may release its guard (the natural answer to
+/// a request): the callbacks of a shared session's names run apart from
+/// the session's thread, which the release waits for.
+#[test]
+fn a_stop_request_callback_may_release_its_guard_on_a_shared_session() {
+    let fixture = Fixture::new("shared_release_in_callback");
+    let backend = shared(&fixture, 1);
+    let [a, b] = ["a", "b"].map(|suffix| fixture.name(suffix));
+    let guard_a = acquired(backend.try_acquire(&a, &[]).unwrap());
+    let guard_b = acquired(backend.try_acquire(&b, &[]).unwrap());
+    let watch = guard_a.loss_watch();
+    let (released, was_released) = std::sync::mpsc::channel();
+    watch.on_stop_request(move |_| {
+        released.send(guard_a.release()).unwrap();
+    });
+    let stopper = fixture.backend();
+    let stopped = stopper.stop_holder(&a, libc::SIGTERM, None).unwrap();
+    assert!(matches!(stopped, Stop::Requested(..)), "{stopped:?}");
+    was_released
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the callback ran and released")
+        .unwrap();
+    assert!(stopper.wait_free(&a, Some(Duration::from_secs(5))).unwrap());
+    std::thread::sleep(backend.heartbeat_deadline());
+    assert_eq!(guard_b.lost(), None);
+    guard_b.release().unwrap();
+}

@@ -576,16 +576,14 @@ impl Worker {
     /// The session is lost: so is every name on it, at once.
     fn lose(self, Lost(reason): Lost) {
         self.shared.alive.store(false, Ordering::SeqCst);
-        // Every name is lost before any callback runs: one that blocks
-        // does not hold up the others.
-        let callbacks: Vec<_> = self
-            .names
-            .values()
-            .map(|entry| entry.loss.fire_deferred(reason.clone()))
-            .collect();
-        for callback in callbacks {
-            callback();
-        }
+        // Every name is lost before any callback runs, and the callbacks
+        // run apart (see `run_apart`).
+        run_apart(
+            self.names
+                .values()
+                .filter_map(|entry| entry.loss.fire_deferred(reason.clone()))
+                .collect(),
+        );
         log::debug!(
             "the shared PostgreSQL session is lost with {} names: {reason}",
             self.names.len()
@@ -860,17 +858,19 @@ impl Worker {
             ));
         }
         let held: HashSet<i64> = keys.into_iter().collect();
+        let mut lost = Vec::new();
         self.names.retain(|key, entry| {
             if held.contains(key) {
                 entry.loss.proven(sent);
                 true
             } else {
-                entry.loss.fire(format!(
+                lost.extend(entry.loss.fire_deferred(format!(
                     "the PostgreSQL server no longer shows advisory lock {key} as held by this session"
-                ));
+                )));
                 false
             }
         });
+        run_apart(lost);
         self.last_proof = sent;
         self.check_rows()
     }
@@ -918,10 +918,12 @@ impl Worker {
                 let reason = format!(
                     "{reason}: the row may no longer make the next holder wait for this command, so the lock is kept until the command has stopped"
                 );
+                let mut lost = Vec::new();
                 for entry in self.names.values_mut().filter(|entry| entry.kept) {
                     entry.kept = false;
-                    entry.loss.fire(reason.clone());
+                    lost.extend(entry.loss.fire_deferred(reason.clone()));
                 }
+                run_apart(lost);
                 return Ok(());
             }
         };
@@ -936,7 +938,7 @@ impl Worker {
                         .requested_by
                         .clone()
                         .unwrap_or_else(|| "a requester whose announcement was missed".to_owned());
-                    entry.loss.request_stop(from);
+                    run_apart(entry.loss.request_stop_deferred(from).into_iter().collect());
                 }
                 continue;
             }
@@ -985,7 +987,7 @@ impl Worker {
                 );
                 if let Some(entry) = self.names.get_mut(&key) {
                     entry.kept = false;
-                    entry.loss.fire(reason);
+                    run_apart(entry.loss.fire_deferred(reason).into_iter().collect());
                 }
                 Ok(())
             }
@@ -1011,5 +1013,32 @@ impl Worker {
         let checked = self.check_rows();
         self.session.set_cutoff(None);
         checked
+    }
+}
+
+/// Runs loss and stop-request callbacks on a thread of their own: on the
+/// session's thread, one that blocks (or releases a guard, which waits for
+/// that thread) would stop the heartbeat of every name on the session. A
+/// thread lives only while callbacks run (a loss or a request); if none
+/// can be started, they run here.
+fn run_apart(callbacks: Vec<crate::backend::loss::Deferred>) {
+    if callbacks.is_empty() {
+        return;
+    }
+    let callbacks = std::sync::Arc::new(Mutex::new(Some(callbacks)));
+    let apart = callbacks.clone();
+    let started = thread::Builder::new()
+        .name("onlyone-pg-callbacks".into())
+        .spawn(move || {
+            let taken = apart.lock().unwrap_or_else(|e| e.into_inner()).take();
+            for callback in taken.into_iter().flatten() {
+                callback();
+            }
+        });
+    if started.is_err() {
+        let taken = callbacks.lock().unwrap_or_else(|e| e.into_inner()).take();
+        for callback in taken.into_iter().flatten() {
+            callback();
+        }
     }
 }
