@@ -542,3 +542,57 @@ fn a_stop_request_callback_may_release_its_guard_on_a_shared_session() {
     assert_eq!(guard_b.lost(), None);
     guard_b.release().unwrap();
 }
+
+/// A child made by fork never uses its parent's shared sessions: it takes
+/// its own names on a session of its own, and the guards it inherited let
+/// nothing go; the parent's names stay held.
+#[test]
+fn a_forked_child_does_not_use_its_parents_shared_sessions() {
+    let fixture = Fixture::new("shared_fork");
+    let backend = shared(&fixture, 1);
+    let a = fixture.name("a");
+    let guard_a = acquired(backend.try_acquire(&a, &[]).unwrap());
+    let parent_pid = held_by(&backend, &a);
+    let child_name = fixture.name("child");
+    // SAFETY: the child only uses the library and then _exits.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork failed");
+    if child == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // The parent's name: held by the parent's session, so refused by
+            // the server on the child's own session, not by the parent's
+            // key table (which the child does not inherit).
+            let refused = matches!(backend.try_acquire(&a, &[]), Ok(Attempt::Held(_)));
+            let own = match backend.try_acquire(&child_name, &[]) {
+                Ok(Attempt::Acquired(guard)) => Some(guard),
+                _ => None,
+            };
+            let separate = own.is_some() && held_by(&backend, &child_name) != parent_pid;
+            // Inherited: lets nothing go.
+            drop(guard_a);
+            drop(own);
+            refused && separate
+        }));
+        unsafe { libc::_exit(if matches!(code, Ok(true)) { 0 } else { 1 }) };
+    }
+    // Bounded: a child stuck on its parent's sessions fails the test.
+    let mut status = 0;
+    let until = Instant::now() + Duration::from_secs(60);
+    while unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } == 0 {
+        if Instant::now() > until {
+            unsafe { libc::kill(child, libc::SIGKILL) };
+            panic!("the forked child is stuck");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child failed: {status}"
+    );
+    // The parent's name is still held, on its own session, not lost.
+    assert_eq!(held_by(&backend, &a), parent_pid);
+    assert_eq!(keys_on(parent_pid), 1);
+    std::thread::sleep(backend.heartbeat_deadline());
+    assert_eq!(guard_a.lost(), None);
+    guard_a.release().unwrap();
+}
