@@ -573,13 +573,17 @@ fn a_forked_child_does_not_use_its_parents_shared_sessions() {
             drop(own);
             refused && separate
         }));
+        // SAFETY: ends the child at once, without running the parent's
+        // exit handlers.
         unsafe { libc::_exit(if matches!(code, Ok(true)) { 0 } else { 1 }) };
     }
     // Bounded: a child stuck on its parent's sessions fails the test.
     let mut status = 0;
     let until = Instant::now() + Duration::from_secs(60);
+    // SAFETY: waits for our own child; `status` is a valid int.
     while unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } == 0 {
         if Instant::now() > until {
+            // SAFETY: signals our own child, not yet reaped.
             unsafe { libc::kill(child, libc::SIGKILL) };
             panic!("the forked child is stuck");
         }
