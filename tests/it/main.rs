@@ -14,6 +14,7 @@ mod attack_mysql;
 mod attack_perf;
 mod attack_pg;
 mod attack_portable;
+mod attack_shared;
 mod attack_structure;
 mod bad_input;
 mod command_env;
