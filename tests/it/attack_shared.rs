@@ -73,7 +73,11 @@ fn racing_threads_never_hold_one_name_twice_on_shared_sessions() {
         handle.join().unwrap();
     }
     assert!(wins.load(Ordering::SeqCst) > 0);
-    assert_eq!(most.load(Ordering::SeqCst), 1, "two holders of one name at once");
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        1,
+        "two holders of one name at once"
+    );
 }
 
 /// A shared session terminated again and again while threads take and
@@ -93,7 +97,11 @@ fn a_shared_session_terminated_under_queued_takes_leaves_no_unproven_guard() {
                 .collect()
         })
         .collect();
-    let keys: Vec<i64> = names.iter().flatten().map(PostgresBackend::key_for).collect();
+    let keys: Vec<i64> = names
+        .iter()
+        .flatten()
+        .map(PostgresBackend::key_for)
+        .collect();
     let barrier = Arc::new(Barrier::new(threads + 1));
     let handles: Vec<_> = names
         .iter()
@@ -156,7 +164,10 @@ fn a_shared_session_terminated_under_queued_takes_leaves_no_unproven_guard() {
         terminated.len(),
         granted.len()
     );
-    assert!(unproven.is_empty(), "guards neither lost nor held: {unproven:?}");
+    assert!(
+        unproven.is_empty(),
+        "guards neither lost nor held: {unproven:?}"
+    );
 }
 
 /// Finding 1: the loss callbacks of every name on a lost shared session

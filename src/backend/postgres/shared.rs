@@ -1031,14 +1031,24 @@ fn run_apart(callbacks: Vec<crate::backend::loss::Deferred>) {
         .name("onlyone-pg-callbacks".into())
         .spawn(move || {
             let taken = apart.lock().unwrap_or_else(|e| e.into_inner()).take();
-            for callback in taken.into_iter().flatten() {
-                callback();
-            }
+            run_each(taken.into_iter().flatten());
         });
     if started.is_err() {
         let taken = callbacks.lock().unwrap_or_else(|e| e.into_inner()).take();
-        for callback in taken.into_iter().flatten() {
-            callback();
+        run_each(taken.into_iter().flatten());
+    }
+}
+
+/// Runs every name's callbacks, each apart from a panic in another's: the
+/// names share a session, not their callbacks (one that panics, such as a
+/// `send(..).unwrap()` to a receiver gone, kept every later name on the
+/// session from being told of its loss).
+fn run_each(callbacks: impl Iterator<Item = crate::backend::loss::Deferred>) {
+    for callback in callbacks {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(callback)).is_err() {
+            log::warn!(
+                "a loss or stop-request callback panicked; the other names' callbacks still run"
+            );
         }
     }
 }
