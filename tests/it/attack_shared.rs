@@ -213,3 +213,52 @@ fn a_panicking_loss_callback_does_not_silence_the_other_names() {
         "loss callbacks run: {heard_from:?}"
     );
 }
+
+/// Finding 2: the pool kept its lock while it opened a new shared session,
+/// so with the network frozen, letting go of a name already lost (which
+/// should take no time: its session is gone) waited for another thread's
+/// connection attempt to time out (10 s without `connect_timeout`), and so
+/// did every other acquisition and release of the backend. The dedicated
+/// frozen-network test expects such a release within 2 s.
+#[test]
+fn a_release_does_not_wait_for_another_threads_new_shared_session() {
+    use crate::harness::proxy::Proxy;
+    let fixture = Fixture::new("atk_shared_open");
+    let proxy = Proxy::start(crate::postgres_lib::upstream());
+    let url =
+        crate::postgres_lib::url_through(proxy.addr().port()).replace("?connect_timeout=1", "");
+    let backend = Arc::new(
+        PostgresBackend::new(onlyone::PostgresConfig {
+            url,
+            ..fixture.config()
+        })
+        .unwrap()
+        .share_sessions(1)
+        .unwrap(),
+    );
+    let a = fixture.name("a");
+    let guard = crate::postgres_lib::acquired(backend.try_acquire(&a, &[]).unwrap());
+    proxy.freeze();
+    guard
+        .loss_watch()
+        .wait(Some(backend.heartbeat_deadline() * 2))
+        .expect("the frozen session is lost");
+    // Another thread needs a new session: its connection hangs.
+    let opener = {
+        let backend = backend.clone();
+        let b = fixture.name("b");
+        std::thread::spawn(move || backend.try_acquire(&b, &[]).map(|_| ()))
+    };
+    // Time for it to reach the connection attempt (no event to await: the
+    // attempt is inside the library).
+    std::thread::sleep(Duration::from_millis(500));
+    let released_at = Instant::now();
+    drop(guard);
+    let took = released_at.elapsed();
+    proxy.thaw();
+    let _ = opener.join();
+    assert!(
+        took < Duration::from_secs(2),
+        "letting go of a lost name took {took:?}"
+    );
+}
