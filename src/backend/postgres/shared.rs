@@ -71,6 +71,9 @@ const BEAT: &str = "SELECT pg_backend_pid(), pg_is_in_recovery(), \
 pub(super) struct Pool {
     max: usize,
     state: Mutex<PoolState>,
+    /// Held by the one thread opening a session (never with `state`
+    /// held by it).
+    opening: Mutex<()>,
 }
 
 struct PoolState {
@@ -146,6 +149,7 @@ impl Pool {
                 sessions: Vec::new(),
                 keys: HashSet::new(),
             }),
+            opening: Mutex::new(()),
         }
     }
 
@@ -165,38 +169,60 @@ impl Pool {
 
     /// Places `key` on a session: `None` when this process already holds
     /// it (or is taking it) on one of them.
+    ///
+    /// A new session is opened with the state unlocked (under `opening`
+    /// only): a connection that hangs (a frozen network, up to the connect
+    /// timeout) must not hold up the releases and takes of names on the
+    /// sessions there are.
     fn reserve(
         &self,
         backend: &PostgresBackend,
         key: i64,
         deadline: Option<Instant>,
     ) -> Result<Option<Arc<Slot>>> {
-        let mut state = self.state();
-        if state.keys.contains(&key) {
-            return Ok(None);
+        let mut opening = None;
+        loop {
+            let mut state = self.state();
+            if state.keys.contains(&key) {
+                return Ok(None);
+            }
+            state.sessions.retain(|slot| slot.alive());
+            let least = state
+                .sessions
+                .iter()
+                .min_by_key(|slot| slot.shared.names.load(Ordering::SeqCst))
+                .cloned();
+            let slot = match least {
+                Some(slot)
+                    if state.sessions.len() >= self.max
+                        || slot.shared.names.load(Ordering::SeqCst) < NAMES_BEFORE_ANOTHER =>
+                {
+                    slot
+                }
+                _ if opening.is_none() => {
+                    // One opener at a time (so that no more than `max`
+                    // are opened); then the state is looked at again.
+                    drop(state);
+                    opening = Some(self.opening.lock().unwrap_or_else(|e| e.into_inner()));
+                    continue;
+                }
+                _ => {
+                    drop(state);
+                    let slot = Arc::new(backend.open_shared(deadline)?);
+                    let mut state = self.state();
+                    state.sessions.push(slot.clone());
+                    if state.keys.contains(&key) {
+                        return Ok(None);
+                    }
+                    state.keys.insert(key);
+                    slot.shared.names.fetch_add(1, Ordering::SeqCst);
+                    return Ok(Some(slot));
+                }
+            };
+            state.keys.insert(key);
+            slot.shared.names.fetch_add(1, Ordering::SeqCst);
+            return Ok(Some(slot));
         }
-        state.sessions.retain(|slot| slot.alive());
-        let least = state
-            .sessions
-            .iter()
-            .min_by_key(|slot| slot.shared.names.load(Ordering::SeqCst))
-            .cloned();
-        let slot = match least {
-            Some(slot)
-                if state.sessions.len() >= self.max
-                    || slot.shared.names.load(Ordering::SeqCst) < NAMES_BEFORE_ANOTHER =>
-            {
-                slot
-            }
-            _ => {
-                let slot = Arc::new(backend.open_shared(deadline)?);
-                state.sessions.push(slot.clone());
-                slot
-            }
-        };
-        state.keys.insert(key);
-        slot.shared.names.fetch_add(1, Ordering::SeqCst);
-        Ok(Some(slot))
     }
 
     /// `key` is no longer on `slot` (let go of, or never taken).
