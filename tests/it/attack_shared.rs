@@ -262,3 +262,35 @@ fn a_release_does_not_wait_for_another_threads_new_shared_session() {
         "letting go of a lost name took {took:?}"
     );
 }
+
+/// Another transaction holds one name's row (an operator's `SELECT ... FOR
+/// UPDATE` left open, a long `LOCK TABLE`): the take of that name on a
+/// shared session must not cost the other names on the session their
+/// locks (with a session per name, only that take fails).
+#[test]
+fn a_row_locked_elsewhere_does_not_lose_the_other_names_on_the_session() {
+    let fixture = Fixture::new("atk_shared_rowlock");
+    let backend = fixture.backend().share_sessions(1).unwrap();
+    let [a, b] = ["a", "b"].map(|suffix| fixture.name(suffix));
+    // B's row exists (taken and let go of once).
+    crate::postgres_lib::acquired(backend.try_acquire(&b, &[]).unwrap())
+        .release()
+        .unwrap();
+    let guard_a = crate::postgres_lib::acquired(backend.try_acquire(&a, &[]).unwrap());
+    let mut operator = admin();
+    let mut open = operator.transaction().unwrap();
+    open.execute(
+        &format!("SELECT 1 FROM {} WHERE key = $1 FOR UPDATE", fixture.table),
+        &[&PostgresBackend::key_for(&b)],
+    )
+    .unwrap();
+    let attempt = backend.try_acquire(&b, &[]);
+    let deadline = backend.heartbeat_deadline();
+    let lost = guard_a.loss_watch().wait(Some(deadline * 2));
+    open.rollback().unwrap();
+    eprintln!(
+        "take of b: {:?}",
+        attempt.as_ref().map(|a| matches!(a, Attempt::Acquired(_)))
+    );
+    assert_eq!(lost, None, "a name lost because another name's row was locked");
+}
