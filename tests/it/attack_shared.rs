@@ -292,5 +292,8 @@ fn a_row_locked_elsewhere_does_not_lose_the_other_names_on_the_session() {
         "take of b: {:?}",
         attempt.as_ref().map(|a| matches!(a, Attempt::Acquired(_)))
     );
-    assert_eq!(lost, None, "a name lost because another name's row was locked");
+    assert_eq!(
+        lost, None,
+        "a name lost because another name's row was locked"
+    );
 }

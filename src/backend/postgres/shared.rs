@@ -706,7 +706,8 @@ impl Worker {
     }
 
     /// With `key` taken: the steps of `hold`, on this session. `None`:
-    /// fenced transactions must be waited for (nothing recorded).
+    /// fenced transactions must be waited for, or the row is locked by
+    /// another transaction (nothing recorded): a dedicated session waits.
     fn record(
         &mut self,
         name: &LockName,
@@ -723,6 +724,33 @@ impl Worker {
             .map_err(lost_before_start)?;
         let lost_here = lost.filter(|(lost_key, _)| *lost_key == key);
         let begun = backend.table.begin_excluding_fenced_now(session, name);
+        // The row, taken with a wait shorter than the session's cutoff:
+        // a row (or the table) locked by another transaction (an
+        // operator's, a fenced one begun since) costs this name its take
+        // on the shared session, not every name on it their locks.
+        let left = self
+            .last_proof
+            .checked_add(self.backend.heartbeat_deadline())
+            .map_or(Duration::ZERO, |cutoff| {
+                cutoff.saturating_duration_since(Instant::now())
+            });
+        let begun = match begun {
+            Ok(true) => {
+                let row = format!(
+                    "SET LOCAL lock_timeout = {}; SELECT 1 FROM {} WHERE key = {key} FOR UPDATE",
+                    (left / 2).as_millis().max(1),
+                    backend.table.sql
+                );
+                match session.batch(&row) {
+                    Ok(()) => Ok(true),
+                    Err(failure) if failure.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                        Ok(false)
+                    }
+                    Err(failure) => Err(session.error("locking the lock's row", failure)),
+                }
+            }
+            other => other,
+        };
         let recorded = match begun {
             Ok(true) => backend.table.record_acquisition(
                 session,
