@@ -619,6 +619,42 @@ impl Worker {
 
     fn serve(&mut self, request: Request) -> std::result::Result<(), Lost> {
         self.cut_off();
+        // A wait for the state table or a row, locked by another
+        // transaction (`VACUUM FULL`, `LOCK TABLE`, an operator's `FOR
+        // UPDATE`), fails this request, not the session and every name on
+        // it: bounded by half of what is left before the cutoff.
+        let left = self
+            .last_proof
+            .checked_add(self.deadline())
+            .map_or(Duration::ZERO, |cutoff| {
+                cutoff.saturating_duration_since(Instant::now())
+            });
+        let millis = (left / 2).as_millis().max(1);
+        self.session
+            .batch(&format!("SET lock_timeout = {millis}"))
+            .map_err(|failure| {
+                Lost(
+                    self.session
+                        .error("bounding lock waits", failure)
+                        .to_string(),
+                )
+            })?;
+        self.serve_bounded(request)?;
+        // A take may have placed the session's first name: from now on
+        // every statement is cut off at the cutoff.
+        self.cut_off();
+        self.session
+            .batch("SET lock_timeout = 0")
+            .map_err(|failure| {
+                Lost(
+                    self.session
+                        .error("bounding lock waits", failure)
+                        .to_string(),
+                )
+            })
+    }
+
+    fn serve_bounded(&mut self, request: Request) -> std::result::Result<(), Lost> {
         match request {
             Request::Take {
                 name,
