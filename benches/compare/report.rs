@@ -10,8 +10,6 @@ pub enum Verdict {
     Missed,
     /// A functional property, checked in every run (smoke runs too).
     Correct,
-    /// The goal is to report the number: no threshold.
-    Reported,
     /// Not measured in this run, and why.
     NotMeasured(String),
     /// A smoke run: the numbers only show that the harness works.
@@ -26,7 +24,6 @@ impl Verdict {
     fn cell(&self) -> String {
         match self {
             Verdict::Met | Verdict::Correct => "**met**".into(),
-            Verdict::Reported => "reported".into(),
             Verdict::Missed => "**missed**".into(),
             Verdict::NotMeasured(why) => format!("not measured: {why}"),
             Verdict::NotJudged => "not judged (smoke run)".into(),

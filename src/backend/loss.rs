@@ -11,6 +11,9 @@ pub struct LossWatch(Arc<(Mutex<LossState>, Condvar)>);
 
 type LossCallback = Box<dyn FnOnce(String) + Send>;
 
+/// Callbacks of a loss or a stop request, to run later.
+pub(crate) type Deferred = Box<dyn FnOnce() + Send>;
+
 /// Something that happens once (the loss, a stop request), with the
 /// callbacks waiting for it.
 #[derive(Default)]
@@ -122,6 +125,34 @@ impl LossWatch {
     pub fn fire(&self, reason: impl Into<String>) {
         let fired = self.state().loss.set(reason.into());
         self.run(fired);
+    }
+
+    /// Records that the lock is lost and wakes every waiter, as
+    /// [`LossWatch::fire`] does, but leaves the callbacks to the caller
+    /// (`None`: there are none): for a thread that must not run them
+    /// itself (a shared session's, which keeps other locks).
+    pub(crate) fn fire_deferred(&self, reason: String) -> Option<Deferred> {
+        let fired = self.state().loss.set(reason);
+        self.deferred(fired)
+    }
+
+    /// [`LossWatch::request_stop`], the callbacks left to the caller.
+    pub(crate) fn request_stop_deferred(&self, from: String) -> Option<Deferred> {
+        let fired = self.state().stop_request.set(from);
+        self.deferred(fired)
+    }
+
+    fn deferred(&self, fired: Option<(String, Vec<LossCallback>)>) -> Option<Deferred> {
+        let (value, callbacks) = fired?;
+        self.0.1.notify_all();
+        if callbacks.is_empty() {
+            return None;
+        }
+        Some(Box::new(move || {
+            for callback in callbacks {
+                callback(value.clone());
+            }
+        }))
     }
 
     /// Wakes every waiter and runs `callbacks` with `value`, outside the

@@ -17,13 +17,13 @@ use crate::util::{EVENT_TIMEOUT, TestEnv, code, stderr};
 use onlyone::{Backend, STALE_TOKEN_SQLSTATE, Wait};
 
 /// The advisory key that fenced transactions of lock `name` hold shared.
-fn fence_key(name: &str) -> i64 {
+pub(crate) fn fence_key(name: &str) -> i64 {
     documented_key(&format!("{name}@fence"))
 }
 
 /// Waits until a session queues on the advisory key `key` (a next holder
 /// waiting for fenced transactions); bystanders get no event for it.
-fn wait_for_queue(key: i64) {
+pub(crate) fn wait_for_queue(key: i64) {
     let sql = format!(
         "select count(*) from pg_locks where locktype = 'advisory' and not granted \
          and classid = {} and objid = {} and objsubid = 1",

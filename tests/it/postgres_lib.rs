@@ -588,7 +588,7 @@ fn without_create_privilege_the_error_carries_the_ddl() {
 }
 
 /// The test server's address.
-fn upstream() -> std::net::SocketAddr {
+pub(crate) fn upstream() -> std::net::SocketAddr {
     let config: postgres::Config = url().parse().unwrap();
     let host = match &config.get_hosts()[0] {
         postgres::config::Host::Tcp(host) => host.clone(),
@@ -601,7 +601,7 @@ fn upstream() -> std::net::SocketAddr {
         .unwrap()
 }
 
-fn url_through(port: u16) -> String {
+pub(crate) fn url_through(port: u16) -> String {
     let config: postgres::Config = url().parse().unwrap();
     let user = config.get_user().unwrap_or("postgres");
     let dbname = config.get_dbname().unwrap_or("postgres");

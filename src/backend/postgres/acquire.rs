@@ -91,6 +91,12 @@ impl PostgresBackend {
         delay_until: Option<Instant>,
         lost: Option<(i64, u64)>,
     ) -> Result<Attempt> {
+        if let Some(pool) = &self.shared
+            && let Some(attempt) =
+                self.attempt_shared(pool, name, command, wait, delay_until, lost)?
+        {
+            return Ok(attempt);
+        }
         let key = self.key(name);
         let mut session = self.open(name.as_str(), delay_until)?;
         self.refuse_stopped_start(&mut session, std::slice::from_ref(name), lost)?;
@@ -289,7 +295,7 @@ impl PostgresBackend {
     /// statement, on the session that holds the lock, before the lock is
     /// handed out: of two that race, the one that looks last finds the
     /// other's lock held.
-    fn pool_and_plain_mix(
+    pub(super) fn pool_and_plain_mix(
         &self,
         session: &mut Session,
         name: &LockName,
@@ -347,7 +353,7 @@ impl PostgresBackend {
 
 /// `stop` ended the session of this starter's acquisition `token` of
 /// `name` during its lock-delay, before its command started.
-fn stopped_before_start(name: &LockName, token: u64) -> Error {
+pub(super) fn stopped_before_start(name: &LockName, token: u64) -> Error {
     Error::lost(format!(
         "lock '{name}' was stopped by `onlyone stop` or a replacing start before its command started (its acquisition with token {token} was ended during its lock-delay); the command was not run"
     ))
@@ -356,7 +362,7 @@ fn stopped_before_start(name: &LockName, token: u64) -> Error {
 /// A session that ended after it took the lock, before the command could
 /// start, lost a lock that protected nothing yet: as after a loss during the
 /// lock-delay, the starter may start over.
-fn lost_before_start(err: Error) -> Error {
+pub(super) fn lost_before_start(err: Error) -> Error {
     if err.ended_session() && !err.is_lost() {
         Error::lost(format!("lost the lock before its command started: {err}")).ending_session(true)
     } else {

@@ -141,6 +141,21 @@ impl Table {
         session: &mut Session,
         name: &LockName,
     ) -> Result<()> {
+        if self.begin_excluding_fenced_now(session, name)? {
+            return Ok(());
+        }
+        self.wait_for_fenced(session, name)
+    }
+
+    /// Begins the transaction of [`Table::begin_excluding_fenced`] without
+    /// waiting: false when the previous holder's fenced transactions are
+    /// still running (the transaction is begun all the same; the caller
+    /// ends it, or waits on with [`Table::wait_for_fenced`]).
+    pub(super) fn begin_excluding_fenced_now(
+        &self,
+        session: &mut Session,
+        name: &LockName,
+    ) -> Result<bool> {
         let key = fence_key(name);
         let taken = session
             .simple_query_row(&format!(
@@ -152,8 +167,15 @@ impl Table {
             .as_deref()
             == Some("t")
         {
-            return Ok(());
+            return Ok(true);
         }
+        Ok(false)
+    }
+
+    /// Waits, with no deadline, for the fenced transactions that kept
+    /// [`Table::begin_excluding_fenced_now`] from excluding them.
+    pub(super) fn wait_for_fenced(&self, session: &mut Session, name: &LockName) -> Result<()> {
+        let key = fence_key(name);
         let (classid, objid) = key_parts(key);
         let count = session
             .query_one(

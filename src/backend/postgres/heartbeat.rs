@@ -512,7 +512,7 @@ pub(super) fn stop_channel(key: i64) -> String {
 }
 
 /// The same, quoted for `LISTEN`.
-fn stop_channel_sql(key: i64) -> String {
+pub(super) fn stop_channel_sql(key: i64) -> String {
     format!("\"{}\"", stop_channel(key))
 }
 
@@ -531,13 +531,13 @@ enum RowTrouble {
 /// How long the server lets the row check (or write-back) wait for the
 /// table and run: half an interval, and at most half of what is left of
 /// the deadline, so that the next heartbeat goes out on time.
-fn row_budget(interval: Duration, left: Duration) -> Duration {
+pub(super) fn row_budget(interval: Duration, left: Duration) -> Duration {
     interval.min(left) / 2
 }
 
 /// When a clean release that starts at `now` must be done: max(T, 5 s)
 /// later, or `now` + 5 s for a T too far away to represent.
-fn release_deadline(now: Instant, heartbeat_deadline: Duration) -> Instant {
+pub(super) fn release_deadline(now: Instant, heartbeat_deadline: Duration) -> Instant {
     let budget = heartbeat_deadline.max(MIN_RELEASE_DEADLINE);
     now.checked_add(budget)
         .unwrap_or_else(|| now + MIN_RELEASE_DEADLINE)

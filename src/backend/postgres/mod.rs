@@ -16,12 +16,14 @@ mod redact;
 mod server_view;
 mod service;
 mod session;
+mod shared;
 mod state;
 mod stop;
 mod table;
 mod tls;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -323,6 +325,9 @@ pub struct PostgresBackend {
     config: PostgresConfig,
     target: Target,
     table: Table,
+    /// The shared sessions, when asked for
+    /// ([`PostgresBackend::share_sessions`]).
+    shared: Option<Arc<shared::Pool>>,
 }
 
 impl PostgresBackend {
@@ -368,7 +373,53 @@ impl PostgresBackend {
             config,
             target,
             table,
+            shared: None,
         })
+    }
+
+    /// Holds the plain locks this backend takes on at most `max` shared
+    /// sessions (1 to 8), a thread each, instead of a session and a thread
+    /// per lock: for a process that holds many names at once through the
+    /// library. Off unless asked for.
+    ///
+    /// Each session holds any number of advisory keys; one heartbeat per
+    /// session checks them all (`pg_locks` for the session) and every
+    /// name's row, with the same deadline T. **The trade: a session lost
+    /// (a failed or late heartbeat, a terminated backend, a standby, a
+    /// stopped process) loses every name on it at once**, each guard's
+    /// [`LossWatch`](crate::LossWatch) firing. `stop` of a name on a
+    /// shared session asks its holder first (as `stop` without `KILL`
+    /// always does) and ends the session only if the key is still held
+    /// after the holder's T + kill grace.
+    ///
+    /// A name is taken on a shared session only by a try, or by the
+    /// first try of a wait; a wait in the server's lock queue blocks its
+    /// session, so it waits, and then holds, on a dedicated session as
+    /// without sharing. So does a name whose previous holder's fenced
+    /// transactions still run (the token's transaction waits for them with
+    /// no deadline), and every slot of a semaphore ([`Lock::max`](crate::Lock::max)).
+    /// A second acquisition of a name this process holds on a shared
+    /// session is refused as held (or waits), never taken again on the
+    /// same session (advisory locks are re-entrant per session). A child
+    /// made by `fork()` never uses its parent's shared sessions.
+    ///
+    /// # Errors
+    ///
+    /// A usage error for `max` of 0 or more than 8.
+    pub fn share_sessions(mut self, max: usize) -> Result<PostgresBackend> {
+        if !(1..=shared::MAX_SHARED_SESSIONS).contains(&max) {
+            return Err(Error::usage(format!(
+                "shared sessions: from 1 to {}, not {max}",
+                shared::MAX_SHARED_SESSIONS
+            )));
+        }
+        self.shared = Some(Arc::new(shared::Pool::new(max)));
+        Ok(self)
+    }
+
+    /// How many shared sessions are open now (0 without sharing).
+    pub fn shared_sessions(&self) -> usize {
+        self.shared.as_ref().map_or(0, |pool| pool.sessions())
     }
 
     /// The advisory key of `name`: the first 8 bytes of SHA-256 over the
@@ -573,7 +624,10 @@ impl Backend for PostgresBackend {
             stop::Way::Ask
         };
         let mut session = Session::open(&self.target, &application_name("stop"))?;
-        let stopped = self.stop_holder_by(&mut session, name, expected, way);
+        let stopped = match way {
+            stop::Way::End => self.end_holder(&mut session, name, expected),
+            stop::Way::Ask => self.stop_holder_by(&mut session, name, expected, way),
+        };
         session.close();
         stopped
     }

@@ -66,6 +66,11 @@ pub(super) struct Session {
     /// server's reason for ending the session arrives while no statement
     /// waits for it), for the next statement's failure to tell.
     ended: Arc<std::sync::Mutex<Option<tokio_postgres::Error>>>,
+    /// On a shared session: the instant by which every statement must be
+    /// answered (the heartbeat deadline of the names it holds), whatever
+    /// the statement's own deadline. Past it the statement fails as
+    /// unanswered.
+    cutoff: Option<Instant>,
 }
 
 /// What woke [`Session::wait_until`].
@@ -139,6 +144,7 @@ impl Session {
             idle_limit: None,
             notifications,
             ended,
+            cutoff: None,
         };
         session.configure()?;
         Ok(session)
@@ -255,12 +261,26 @@ impl Session {
         Ok(())
     }
 
-    /// Runs `request` with a deadline (`None`: without one).
+    /// Has every later statement answered by `cutoff` at the latest
+    /// (`None`: each by its own deadline only).
+    pub fn set_cutoff(&mut self, cutoff: Option<Instant>) {
+        self.cutoff = cutoff;
+    }
+
+    /// Runs `request` with a deadline (`None`: without one), cut to the
+    /// session's cutoff when it has one.
     fn call<T>(
         &self,
         deadline: Option<Duration>,
         request: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
     ) -> std::result::Result<T, Failure> {
+        let deadline = match (deadline, self.cutoff) {
+            (deadline, None) => deadline,
+            (None, Some(cutoff)) => Some(cutoff.saturating_duration_since(Instant::now())),
+            (Some(deadline), Some(cutoff)) => {
+                Some(deadline.min(cutoff.saturating_duration_since(Instant::now())))
+            }
+        };
         match deadline {
             None => self
                 .runtime

@@ -16,9 +16,13 @@ use crate::error::{Error, Result};
 use crate::name::LockName;
 use crate::record::{RECORD_FORMAT, Record};
 
+/// Per key: whether its row is intact and whether `stop` asked its
+/// holder to stop; and the server process that answered.
+pub(super) type RowsIntact = (Vec<(i64, bool, bool)>, Option<i32>);
+
 /// The columns read back for a row, in [`Row::from_pg`]'s order.
 const COLUMNS: &str = "name, key, token, state, backend_pid, pid, host, start_time, boot_id, \
-                       user_name, uid, command, acquired_at, stopped_token";
+                       user_name, uid, command, acquired_at, stopped_token, stop_within_ms";
 
 impl Table {
     /// Refuses to take a key that another state table of the database
@@ -217,6 +221,48 @@ impl Table {
         ))
     }
 
+    /// [`Table::holder_row_intact`] for every name a shared session
+    /// holds, in one statement: per key of `held` (with what its holder
+    /// wrote), whether its row is intact and whether `stop` asked its
+    /// holder to stop; and the server process that answered.
+    pub fn holder_rows_intact(
+        &self,
+        session: &Session,
+        held: &[(i64, &Holding)],
+        deadline: Duration,
+        budget: Duration,
+    ) -> std::result::Result<RowsIntact, Failure> {
+        let sql = format!(
+            "SELECT e.key, \
+                    coalesce(r.token = e.token AND r.state = 'held' \
+                             AND r.backend_pid = pg_backend_pid() \
+                             AND r.stop_within_ms IS NOT DISTINCT FROM e.stop_within \
+                             AND r.owed_ms >= e.owed, false), \
+                    coalesce(r.stopped_token = e.token, false), \
+                    pg_backend_pid() \
+             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) \
+                  AS e(key, token, stop_within, owed) \
+             LEFT JOIN {} r ON r.key = e.key",
+            self.sql
+        );
+        let keys: Vec<i64> = held.iter().map(|(key, _)| *key).collect();
+        let tokens: Vec<i64> = held
+            .iter()
+            .map(|(_, h)| i64::try_from(h.token).unwrap_or(i64::MAX))
+            .collect();
+        let bounds: Vec<i64> = held.iter().map(|(_, h)| millis(h.stop_within)).collect();
+        let owed: Vec<i64> = held.iter().map(|(_, h)| millis(h.owed)).collect();
+        let rows =
+            session.query_bounded(deadline, budget, &sql, &[&keys, &tokens, &bounds, &owed])?;
+        let answered_by = rows.first().and_then(|row| row.try_get(3).ok());
+        Ok((
+            rows.iter()
+                .map(|row| (row.get(0), row.get(1), row.get(2)))
+                .collect(),
+            answered_by,
+        ))
+    }
+
     /// Writes the row of `key` back as its holder wrote it when it
     /// acquired: for a row deleted or altered past the guard triggers
     /// (DESIGN.md). The trigger still refuses a token moved back. Answered
@@ -354,6 +400,8 @@ pub(super) struct Row {
     pub record: Option<Record>,
     /// The last token `stop` asked to stop, or ended.
     pub stopped_token: Option<u64>,
+    /// The holder's heartbeat deadline + kill grace, as it recorded it.
+    pub stop_within: Option<Duration>,
 }
 
 impl Row {
@@ -375,6 +423,12 @@ impl Row {
                 .ok()
                 .flatten()
                 .and_then(|t| u64::try_from(t).ok()),
+            stop_within: row
+                .try_get::<_, Option<i64>>(14)
+                .ok()
+                .flatten()
+                .and_then(|ms| u64::try_from(ms).ok())
+                .map(Duration::from_millis),
         }
     }
 

@@ -1,7 +1,7 @@
 //! `stop` and `--replace` on PostgreSQL: end the session of the lock's
 //! holder, but only of a holder identified as an onlyone holder.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
 
@@ -38,7 +38,83 @@ pub(super) enum Way {
     End,
 }
 
+/// The longest a `stop` that must end a shared session waits for the
+/// holder asked first (its recorded T + kill grace, at most this).
+const MAX_SHARED_ASK: Duration = Duration::from_secs(600);
+
 impl PostgresBackend {
+    /// Ends the holder's session ([`Way::End`]), but a session that holds
+    /// other keys too (a shared session of the library: ending it would
+    /// end every name on it) is asked first, as [`Way::Ask`] does, and is
+    /// ended only if it still holds the key after the holder's recorded
+    /// T + kill grace.
+    pub(super) fn end_holder(
+        &self,
+        session: &mut Session,
+        name: &LockName,
+        expected: Option<&HolderId>,
+    ) -> Result<Stop> {
+        let key = self.key(name);
+        let Some(bound) = self.shared_holder(session, key)? else {
+            return self.stop_holder_by(session, name, expected, Way::End);
+        };
+        let holder = match self.stop_holder_by(session, name, expected, Way::Ask)? {
+            Stop::Requested(holder, owes) => (holder, owes),
+            other => return Ok(other),
+        };
+        let (holder, owes) = holder;
+        let Some(server_pid) = holder.server_pid else {
+            return self.stop_holder_by(session, name, expected, Way::End);
+        };
+        let until = Instant::now() + bound.min(MAX_SHARED_ASK) + owes;
+        let interval = self.config.timing.heartbeat.min(Duration::from_millis(100));
+        log::info!(
+            "lock '{name}' is held on a shared session with other names: asked its holder first; its session is ended only if it still holds the lock after {}",
+            humantime::format_duration(bound + owes)
+        );
+        loop {
+            let view = ServerView::read(session, key)?;
+            match &view.holder {
+                Some(server) if server.pid == i32::try_from(server_pid).unwrap_or(-1) => {}
+                // It let go (or another holder has it now): not ended.
+                _ => return Ok(Stop::Signalled(holder)),
+            }
+            if Instant::now() >= until {
+                break;
+            }
+            std::thread::sleep(interval);
+        }
+        let id = holder.id();
+        self.stop_holder_by(session, name, expected.or(id.as_ref()), Way::End)
+    }
+
+    /// Whether the session holding `key` holds other advisory keys too:
+    /// then the holder's recorded T + kill grace.
+    fn shared_holder(&self, session: &mut Session, key: i64) -> Result<Option<Duration>> {
+        let (classid, objid) = key_parts(key);
+        let rows = session
+            .query(
+                "SELECT (SELECT count(*) FROM pg_locks o \
+                         WHERE o.pid = l.pid AND o.locktype = 'advisory' AND o.granted \
+                           AND o.objsubid = 1) \
+                 FROM pg_locks l \
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                   AND l.classid::bigint = $1 AND l.objid::bigint = $2",
+                &[&i64::from(classid), &i64::from(objid)],
+            )
+            .map_err(|failure| session.error("looking at the holder's session", failure))?;
+        let keys: i64 = rows.first().map_or(0, |row| row.get(0));
+        if keys <= 1 {
+            return Ok(None);
+        }
+        let bound = self
+            .table
+            .row(session, key)?
+            .and_then(|row| row.stop_within)
+            .unwrap_or_else(|| self.stop_within());
+        Ok(Some(bound))
+    }
     /// Ends the session that holds the lock of `name`. Only a session that
     /// the state row names is ended: the row says 'held' with that
     /// session's backend pid. Anything else holding the key (another

@@ -509,6 +509,15 @@ impl Table {
     /// its name before its columns) waits there for that creator, then
     /// finds it whole. A migration waits for the table until `deadline`
     /// at most (and [`MIGRATION_LOCK_WAIT`]).
+    /// Whether the state table is current (its shape, marker, triggers and
+    /// guard function checked as [`Table::ensure`] does first), without
+    /// making or migrating it: one statement.
+    pub fn is_current(&self, session: &mut Session) -> Result<bool> {
+        Ok(self
+            .inspect(session)?
+            .is_some_and(|shape| shape.is_current(&self.display)))
+    }
+
     pub fn ensure(&self, session: &mut Session, deadline: Option<Instant>) -> Result<()> {
         if self
             .inspect(session)?
