@@ -600,3 +600,146 @@ fn a_forked_child_does_not_use_its_parents_shared_sessions() {
     assert_eq!(guard_a.lost(), None);
     guard_a.release().unwrap();
 }
+
+/// The state of `name`'s row in the fixture's table.
+fn row_state(fixture: &Fixture, name: &LockName) -> String {
+    admin()
+        .query_one(
+            &format!("SELECT state FROM public.{} WHERE key = $1", fixture.table),
+            &[&PostgresBackend::key_for(name)],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// Lets `guard`'s holder lose its session (terminated): the row stays
+/// `held`, nobody has waited the lock-delay it owes.
+fn lose(backend: &PostgresBackend, name: &LockName, guard: Guard) {
+    let watch = guard.loss_watch();
+    terminate(held_by(backend, name));
+    watch
+        .wait(Some(backend.heartbeat_deadline()))
+        .expect("the loss fires within the heartbeat deadline");
+    drop(guard);
+}
+
+/// A slot taken on a shared session (by its name, `NAME@1`: a pool of a
+/// [`onlyone::Lock`] takes its slots on dedicated sessions) beside a plain
+/// lock whose holder lost its session (its command may still run) is
+/// refused (77) as on a dedicated session, never run beside it; the
+/// refused take leaves its own row released (nothing ran, no previous
+/// holder) and the plain lock's row `held`, so that the plain lock's next
+/// holder still waits its lock-delay. A pool of the name is refused too.
+#[test]
+fn a_slot_on_a_shared_session_beside_an_unreleased_plain_lock_is_refused() {
+    let fixture = Fixture::new("shared_mix_plain");
+    let backend = std::sync::Arc::new(shared(&fixture, 2));
+    let name = fixture.name("lock");
+    let slot = name.slot(1);
+    let plain = onlyone::Lock::with_backend(name.clone(), backend.clone());
+    let pool = onlyone::Lock::with_backend(name.clone(), backend.clone())
+        .max(2)
+        .unwrap();
+
+    lose(&backend, &name, acquired(plain.try_acquire().unwrap()));
+    // Another name on the shared session first: the slot's take is placed
+    // on a session that already holds something.
+    let other = acquired(backend.try_acquire(&fixture.name("other"), &[]).unwrap());
+    for _ in 0..2 {
+        let err = backend
+            .try_acquire(&slot, &[])
+            .expect_err("a slot beside an unreleased plain lock");
+        assert_eq!(err.kind(), onlyone::ErrorKind::Unsafe, "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("'{name}' was not released cleanly")),
+            "{err}"
+        );
+        let err = pool
+            .try_acquire()
+            .expect_err("a pool beside an unreleased plain lock");
+        assert_eq!(err.kind(), onlyone::ErrorKind::Unsafe, "{err}");
+    }
+    assert_eq!(row_state(&fixture, &name), "held");
+    assert_eq!(row_state(&fixture, &slot), "released");
+    assert_eq!(other.lost(), None);
+
+    let started = Instant::now();
+    let next = acquired(plain.try_acquire().unwrap());
+    assert!(
+        started.elapsed() >= LOCK_DELAY,
+        "the plain lock's next holder waited only {:?}",
+        started.elapsed()
+    );
+    drop(next);
+    // Released cleanly: the slot and the pool start now, at once.
+    let started = Instant::now();
+    drop(acquired(backend.try_acquire(&slot, &[]).unwrap()));
+    drop(acquired(pool.try_acquire().unwrap()));
+    assert!(started.elapsed() < LOCK_DELAY, "{:?}", started.elapsed());
+    drop(other);
+}
+
+/// The reverse: a plain start on a shared session beside a slot whose
+/// holder lost its session is refused (77); and a plain start refused
+/// while its own previous holder had not released cleanly leaves its row
+/// `held` (the lock-delay still owed), not marked released.
+#[test]
+fn a_plain_start_on_a_shared_session_beside_an_unreleased_slot_is_refused() {
+    let fixture = Fixture::new("shared_mix_slot");
+    let backend = std::sync::Arc::new(shared(&fixture, 2));
+    let name = fixture.name("lock");
+    let slot = name.slot(1);
+    let plain = onlyone::Lock::with_backend(name.clone(), backend.clone());
+    let pool = onlyone::Lock::with_backend(name.clone(), backend.clone())
+        .max(2)
+        .unwrap();
+
+    let guard = acquired(pool.try_acquire().unwrap());
+    assert_eq!(guard.name(), &slot);
+    lose(&backend, &slot, guard);
+    let err = plain
+        .try_acquire()
+        .expect_err("a plain lock beside an unreleased slot");
+    assert_eq!(err.kind(), onlyone::ErrorKind::Unsafe, "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("'{slot}' was not released cleanly")),
+        "{err}"
+    );
+    assert_eq!(row_state(&fixture, &slot), "held");
+    assert_eq!(row_state(&fixture, &name), "released");
+
+    // Now the plain lock's own previous holder loses its session too
+    // (the slot cleared first: taken, waited, released cleanly).
+    let started = Instant::now();
+    drop(acquired(pool.try_acquire().unwrap()));
+    assert!(started.elapsed() >= LOCK_DELAY, "{:?}", started.elapsed());
+    lose(&backend, &name, acquired(plain.try_acquire().unwrap()));
+    // A slot held elsewhere (a session of the test's own) refuses the
+    // plain start, which must leave the row saying 'held'.
+    let mut other = admin();
+    let slot_key = PostgresBackend::key_for(&slot);
+    other
+        .execute("SELECT pg_advisory_lock($1)", &[&slot_key])
+        .unwrap();
+    let err = plain
+        .try_acquire()
+        .expect_err("a plain lock beside a held slot");
+    assert_eq!(err.kind(), onlyone::ErrorKind::Unsafe, "{err}");
+    assert!(err.to_string().contains("used as a pool of slots"), "{err}");
+    assert_eq!(
+        row_state(&fixture, &name),
+        "held",
+        "the refused start marked the row released"
+    );
+    drop(other);
+    let started = Instant::now();
+    let next = acquired(plain.try_acquire().unwrap());
+    assert!(
+        started.elapsed() >= LOCK_DELAY,
+        "the plain lock's next holder waited only {:?}",
+        started.elapsed()
+    );
+    drop(next);
+}
