@@ -326,3 +326,66 @@ fn a_locked_state_table_does_not_lose_the_names_on_the_session() {
     );
     assert_eq!(lost, None, "a name lost because the table was locked");
 }
+
+/// a-final: plain takes of a name on a shared session (two threads, one
+/// shared backend) race slot takes of the same name by its slot name on
+/// the same shared backend and by a pool on dedicated sessions: never a
+/// plain holder beside a slot holder, counted by the holders themselves;
+/// every refusal is the 77-kind pool/plain one.
+#[test]
+fn plain_takes_on_a_shared_session_never_run_beside_slot_takes() {
+    let fixture = Fixture::new("atk_shared_mix");
+    let shared = Arc::new(fixture.backend().share_sessions(2).unwrap());
+    let name = fixture.name("job");
+    let (plain_in, slots_in) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (held, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let barrier = Arc::new(Barrier::new(4));
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let (shared, name, barrier) = (shared.clone(), name.clone(), barrier.clone());
+            let (plain_in, slots_in) = (plain_in.clone(), slots_in.clone());
+            let (held, refused) = (held.clone(), refused.clone());
+            let fixture_backend = fixture.backend();
+            std::thread::spawn(move || {
+                let plain = onlyone::Lock::with_backend(name.clone(), shared.clone());
+                let pool = onlyone::Lock::with_backend(name.clone(), Arc::new(fixture_backend))
+                    .max(2)
+                    .unwrap();
+                barrier.wait();
+                for _ in 0..60 {
+                    let (attempt, mine, theirs) = match i {
+                        0 | 1 => (plain.try_acquire(), &plain_in, &slots_in),
+                        2 => (shared.try_acquire(&name.slot(1), &[]), &slots_in, &plain_in),
+                        _ => (pool.try_acquire(), &slots_in, &plain_in),
+                    };
+                    match attempt {
+                        Ok(Attempt::Acquired(guard)) => {
+                            mine.fetch_add(1, Ordering::SeqCst);
+                            held.fetch_add(1, Ordering::SeqCst);
+                            assert_eq!(theirs.load(Ordering::SeqCst), 0, "plain beside slot");
+                            std::thread::sleep(Duration::from_millis(2));
+                            assert_eq!(theirs.load(Ordering::SeqCst), 0, "plain beside slot");
+                            mine.fetch_sub(1, Ordering::SeqCst);
+                            guard.release().unwrap();
+                        }
+                        Ok(Attempt::Held(_)) => {}
+                        Err(err) => {
+                            assert_eq!(err.kind(), onlyone::ErrorKind::Unsafe, "{err}");
+                            assert!(err.to_string().contains("used as a pool of slots"), "{err}");
+                            refused.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert!(held.load(Ordering::SeqCst) > 0);
+    eprintln!(
+        "held {} refused {}",
+        held.load(Ordering::SeqCst),
+        refused.load(Ordering::SeqCst)
+    );
+}
