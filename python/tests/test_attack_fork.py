@@ -99,4 +99,5 @@ def test_a_child_forked_during_a_threads_mysql_io_can_acquire(tmp_path):
     PooledBuf::drop <- PacketCodec::encode, in the acquiring thread and the
     heartbeat thread). Probabilistic: 5 sweeps of 80."""
     for _ in range(5):
-        assert_children_acquire(tmp_path, "mysql", os.environ["ONLYONE_TEST_MYSQL_URL"], 80, 0.0005)
+        url = os.environ["ONLYONE_TEST_MYSQL_URL"]
+        assert_children_acquire(tmp_path, "mysql", url, 80, 0.0005)
