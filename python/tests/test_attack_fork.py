@@ -81,12 +81,6 @@ def test_a_child_forked_during_a_threads_first_mariadb_connection_can_acquire(tm
 
 
 @pytest.mark.skipif(not os.environ.get("ONLYONE_TEST_MYSQL_URL"), reason="needs MySQL")
-@pytest.mark.skip(
-    reason="a-final finding 1, not fixed: mysql_async's process-wide buffer pool "
-    "(a crossbeam ArrayQueue) inherited midway through a push or pop spins the "
-    "child's MySQL I/O forever; 2 forks in 600 during a thread's first "
-    "connection (docs/RELIABILITY.md)"
-)
 def test_a_child_forked_during_a_threads_mysql_io_can_acquire(tmp_path):
     """a-final finding 1: mysql_async keeps one buffer pool per process (a
     crossbeam ArrayQueue behind a static OnceLock) that every packet read
@@ -97,7 +91,11 @@ def test_a_child_forked_during_a_threads_mysql_io_can_acquire(tmp_path):
     unheard). Seen 2 times in 600 fresh programs forking 0 to 40 ms
     into their thread's first connection (gdb: BufferPool::put <-
     PooledBuf::drop <- PacketCodec::encode, in the acquiring thread and the
-    heartbeat thread). Probabilistic: 5 sweeps of 80."""
+    heartbeat thread). Probabilistic: 5 sweeps of 80; it failed 1 run in 1
+    before the fix (3 children hung), passed after it (0 in 400). Fixed:
+    the at-fork hook waits for every poll of a driver future and every
+    drop of a driver object under way, and keeps new ones out, until the
+    fork is done (session.rs, IN_DRIVER)."""
     for _ in range(5):
         url = os.environ["ONLYONE_TEST_MYSQL_URL"]
         assert_children_acquire(tmp_path, "mysql", url, 80, 0.0005)

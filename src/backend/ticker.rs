@@ -155,6 +155,9 @@ extern "C" fn before_fork() {
             crate::record::hold_for_fork(),
         ];
         others.extend(sys::hold_for_fork());
+        // Last: a thread in the MySQL driver takes none of the others.
+        #[cfg(feature = "mysql")]
+        others.push(crate::backend::mysql::hold_for_fork());
         FORKING.with(|forking| *forking.borrow_mut() = Some((registry, others)));
     }
 }

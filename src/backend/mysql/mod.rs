@@ -624,6 +624,12 @@ pub(crate) fn prepare_driver_for_fork() {
     let _ = handshake.maria_db_server_version_parsed();
 }
 
+/// For the at-fork prepare hook: no thread inside the MySQL driver (its
+/// process-wide buffer pool) until the returned guard is dropped.
+pub(crate) fn hold_for_fork() -> Box<dyn std::any::Any> {
+    session::hold_for_fork()
+}
+
 fn map_name(database: &str, text: &str) -> String {
     let scoped = format!("{database}/{text}");
     let plain = format!("{PREFIX}{scoped}");

@@ -11,6 +11,10 @@
 
 use std::fmt;
 use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
@@ -111,6 +115,62 @@ impl Failure {
     }
 }
 
+/// Held (read) while a thread is inside the driver: polling one of its
+/// futures or dropping one of its objects. The driver keeps one buffer
+/// pool per process (a lock-free queue behind a static) that every packet
+/// read and write takes a buffer from and gives back to; a fork midway
+/// through one of those left the child a queue whose next push spins
+/// forever (a-final finding 1). The at-fork prepare hook takes it to
+/// write ([`hold_for_fork`]): a fork waits at most for the polls under
+/// way, never for a whole request (a `GET_LOCK` may wait for minutes).
+static IN_DRIVER: RwLock<()> = RwLock::new(());
+
+fn in_driver() -> RwLockReadGuard<'static, ()> {
+    IN_DRIVER.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// For the at-fork prepare hook: no thread in the driver until it is
+/// dropped (see [`IN_DRIVER`]).
+pub(crate) fn hold_for_fork() -> Box<dyn std::any::Any> {
+    Box::new(IN_DRIVER.write().unwrap_or_else(PoisonError::into_inner))
+}
+
+/// A driver future whose every poll and whose drop are kept apart from
+/// forks (see [`IN_DRIVER`]).
+struct Apart<T>(Option<T>);
+
+impl<T> Deref for Apart<T> {
+    type Target = Option<T>;
+    fn deref(&self) -> &Option<T> {
+        &self.0
+    }
+}
+
+impl<T> DerefMut for Apart<T> {
+    fn deref_mut(&mut self) -> &mut Option<T> {
+        &mut self.0
+    }
+}
+
+impl<T> Drop for Apart<T> {
+    fn drop(&mut self) {
+        let _in_driver = in_driver();
+        drop(self.0.take());
+    }
+}
+
+impl<F: Future> Future for Apart<Pin<Box<F>>> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let _in_driver = in_driver();
+        self.0
+            .as_mut()
+            .expect("polled after it was dropped")
+            .as_mut()
+            .poll(cx)
+    }
+}
+
 /// Runs `request` on `runtime`, answered within `deadline` (`None`:
 /// without one).
 fn call<T>(
@@ -118,6 +178,7 @@ fn call<T>(
     deadline: Option<Duration>,
     request: impl Future<Output = std::result::Result<T, mysql_async::Error>>,
 ) -> std::result::Result<T, Failure> {
+    let request = Apart(Some(Box::pin(request)));
     match deadline {
         None => runtime.block_on(request).map_err(Failure::Driver),
         Some(deadline) => {
@@ -242,7 +303,9 @@ fn connect(runtime: &Runtime, target: &Target, opts: OptsBuilder) -> Result<(Con
 /// A connected session, used by one holder (or one status query) only.
 pub(super) struct Session {
     runtime: Runtime,
-    conn: Option<Conn>,
+    /// Dropped apart from forks (see [`IN_DRIVER`]): its buffers go back
+    /// to the driver's pool.
+    conn: Apart<Conn>,
     /// `CONNECTION_ID()`.
     id: u64,
     location: String,
@@ -292,7 +355,7 @@ impl Session {
         let (conn, encrypted) = connect(&runtime, target, opts)?;
         let mut session = Session {
             runtime,
-            conn: Some(conn),
+            conn: Apart(Some(conn)),
             id: 0,
             location: target.location.clone(),
         };
@@ -655,9 +718,10 @@ impl Session {
     /// Drops the session without a goodbye, for one already known to be
     /// lost: closing the socket ends the session at the server, if the
     /// server can still hear it.
-    pub fn abandon(mut self) {
-        drop(self.conn.take());
-        let Session { runtime, .. } = self;
+    pub fn abandon(self) {
+        let Session { runtime, conn, .. } = self;
+        // Dropped apart from forks (see `Apart`).
+        drop(conn);
         runtime.shutdown_background();
     }
 
