@@ -11,7 +11,9 @@ pub struct LossWatch(Arc<(Mutex<LossState>, Condvar)>);
 
 type LossCallback = Box<dyn FnOnce(String) + Send>;
 
-/// Callbacks of a loss or a stop request, to run later.
+/// Callbacks of a loss or a stop request, to run later (by a shared
+/// PostgreSQL session's thread, which keeps other locks).
+#[cfg(feature = "postgres")]
 pub(crate) type Deferred = Box<dyn FnOnce() + Send>;
 
 /// Something that happens once (the loss, a stop request), with the
@@ -131,17 +133,20 @@ impl LossWatch {
     /// [`LossWatch::fire`] does, but leaves the callbacks to the caller
     /// (`None`: there are none): for a thread that must not run them
     /// itself (a shared session's, which keeps other locks).
+    #[cfg(feature = "postgres")]
     pub(crate) fn fire_deferred(&self, reason: String) -> Option<Deferred> {
         let fired = self.state().loss.set(reason);
         self.deferred(fired)
     }
 
     /// [`LossWatch::request_stop`], the callbacks left to the caller.
+    #[cfg(feature = "postgres")]
     pub(crate) fn request_stop_deferred(&self, from: String) -> Option<Deferred> {
         let fired = self.state().stop_request.set(from);
         self.deferred(fired)
     }
 
+    #[cfg(feature = "postgres")]
     fn deferred(&self, fired: Option<(String, Vec<LossCallback>)>) -> Option<Deferred> {
         let (value, callbacks) = fired?;
         self.0.1.notify_all();
