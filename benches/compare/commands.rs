@@ -20,7 +20,8 @@ use crate::{Config, Env};
 /// `onlyone run --name x -- true`: wall time against flock(1) and a bare
 /// `true`, interleaved one run each per round.
 pub fn wall(config: &Config, env: &Env, report: &mut Report) -> Result<()> {
-    const GOAL: f64 = 1.10;
+    // Issue 15's goal (issue 5 asked for 1.10×).
+    const GOAL: f64 = 1.15;
     let flock_file = env.peer_file("wall");
     let mut samples = [Samples::default(), Samples::default(), Samples::default()];
     for round in 0..config.wall_rounds {
@@ -138,8 +139,10 @@ impl Pair {
 
 /// The holder's command exits (or releases) → the waiting command starts.
 pub fn wakeup(config: &Config, env: &Env, report: &mut Report) -> Result<()> {
-    const GOAL_P50: f64 = 1e6;
-    const GOAL_P99: f64 = 5e6;
+    // Issue 15's goals, as ratios to `flock -w` in the same run (issue 5
+    // asked for p50 ≤ 1 ms, below the cost of starting a command here).
+    const GOAL_P50: f64 = 1.15;
+    const GOAL_P99: f64 = 1.4;
     use Side::*;
     let mut pairs = vec![
         Pair::Lock {
@@ -230,9 +233,15 @@ pub fn wakeup(config: &Config, env: &Env, report: &mut Report) -> Result<()> {
         what: "waiter wake-up after release".into(),
         onlyone: format!("p50 {} / p99 {}", fmt_ns(ours.p50), fmt_ns(ours.p99)),
         peers,
-        ratio: format!("p50 {} flock -w", fmt_ratio(ours.p50 / flock.p50)),
-        goal: "p50 ≤ 1 ms, p99 ≤ 5 ms".into(),
-        verdict: Verdict::goal(ours.p50 <= GOAL_P50 && ours.p99 <= GOAL_P99),
+        ratio: format!(
+            "p50 {}, p99 {} flock -w",
+            fmt_ratio(ours.p50 / flock.p50),
+            fmt_ratio(ours.p99 / flock.p99)
+        ),
+        goal: format!("p50 ≤ {GOAL_P50:.2}×, p99 ≤ {GOAL_P99:.1}× flock -w"),
+        verdict: Verdict::goal(
+            ours.p50 <= GOAL_P50 * flock.p50 && ours.p99 <= GOAL_P99 * flock.p99,
+        ),
     });
     Ok(())
 }
@@ -422,7 +431,8 @@ fn failover_once(env: &Env, kill_command_too: bool) -> Result<u64> {
 /// RSS of the `onlyone run` supervisor while its command runs, against
 /// flock(1) doing the same.
 pub fn memory(config: &Config, env: &Env, report: &mut Report) -> Result<()> {
-    const GOAL_KB: u64 = 4 * 1024;
+    // Issue 15's goal (issue 5 asked for 4 MB).
+    const GOAL_KB: u64 = 3 * 1024;
     let mut ours = Vec::new();
     let mut flock = Vec::new();
     for _ in 0..config.memory_runs {
@@ -479,7 +489,7 @@ pub fn memory(config: &Config, env: &Env, report: &mut Report) -> Result<()> {
         onlyone: format!("RSS {} (peak {})", fmt_kb(our_rss), fmt_kb(our_hwm)),
         peers: format!("flock(1) RSS {}", fmt_kb(flock_rss)),
         ratio: format!("{} flock(1)", fmt_ratio(our_rss as f64 / flock_rss as f64)),
-        goal: "RSS ≤ 4 MB".into(),
+        goal: "RSS ≤ 3 MB".into(),
         verdict: Verdict::goal(our_rss <= GOAL_KB),
     });
     Ok(())
