@@ -11,6 +11,10 @@
 //!
 //! The state holds no clock: only ages (ticks since something happened),
 //! capped where larger values behave alike, so the state space is finite.
+//!
+//! With [`Sharing`], one library process holds two names on one shared
+//! session (docs/DESIGN.md, "Many names on one session"), and exclusion,
+//! tokens and start order are checked per name.
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
