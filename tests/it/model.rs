@@ -71,6 +71,11 @@ struct Params {
     /// always a violation.)
     check_start_order: bool,
     sharing: Sharing,
+    /// With sharing: every statement of the shared session is cut off at
+    /// its last good heartbeat + T. Off (an unsafe variant): a take of one
+    /// name that gets no answer holds up the session's thread, and with it
+    /// the other name's deadline.
+    cutoff: bool,
 }
 
 /// One library process holding two names on one PostgreSQL session
@@ -166,6 +171,7 @@ impl Params {
             check_tokens: true,
             check_start_order: true,
             sharing: Sharing::Off,
+            cutoff: true,
         }
     }
 
@@ -394,7 +400,7 @@ impl Hash for State {
             u128::from(x) | u128::from(y) << 32 | u128::from(sx) << 64 | u128::from(sy) << 96,
         );
         state.write_u64(u64::from_le_bytes([
-            u8::from(self.together),
+            u8::from(self.together) | u8::from(self.taking) << 1,
             self.fence_token,
             self.last_write_acquisition,
             self.max_token_issued[0],
@@ -465,6 +471,9 @@ struct State {
     /// With sharing: A's and B's names are on one session (set when one is
     /// taken while the other is held, until either attempt ends).
     together: bool,
+    /// With sharing: the session's thread is taking the other name (sent,
+    /// not answered): it sends no heartbeat meanwhile.
+    taking: bool,
     /// The protected system: the highest token it accepted.
     fence_token: u8,
     /// Ghost: the acquisition whose write was accepted last.
@@ -484,6 +493,9 @@ enum Event {
     Tick,
     // The supervisor's own steps.
     Acquire(usize),
+    /// With sharing: the take of a name is sent on the session that holds
+    /// the other (`Acquire` is its answer).
+    TakeSent(usize),
     ReadyToStart(usize),
     Spawn(usize),
     SendHeartbeat(usize),
@@ -516,6 +528,7 @@ enum Event {
 enum Kind {
     Tick,
     Acquire,
+    TakeSent,
     ReadyToStart,
     Spawn,
     SendHeartbeat,
@@ -546,6 +559,7 @@ impl Event {
         match self {
             Event::Tick => Kind::Tick,
             Event::Acquire(_) => Kind::Acquire,
+            Event::TakeSent(_) => Kind::TakeSent,
             Event::ReadyToStart(_) => Kind::ReadyToStart,
             Event::Spawn(_) => Kind::Spawn,
             Event::SendHeartbeat(_) => Kind::SendHeartbeat,
@@ -578,6 +592,7 @@ impl Event {
             | Event::FailoverLosingCommits
             | Event::StandbyCatchesUp => None,
             Event::Acquire(i)
+            | Event::TakeSent(i)
             | Event::ReadyToStart(i)
             | Event::Spawn(i)
             | Event::SendHeartbeat(i)
@@ -648,6 +663,7 @@ impl State {
             }; NAMES],
             standby_rows: None,
             together: false,
+            taking: false,
             fence_token: 0,
             last_write_acquisition: 0,
             max_token_issued: [0; NAMES],
@@ -717,12 +733,16 @@ impl State {
                 // a session that is gone fails, and loses the other name:
                 // modeled by its heartbeat, later) and can be reached, and
                 // between two heartbeats (one thread serves both).
-                let joins = p.partner(i).map(|j| self.contenders[j]);
-                if joins.is_none_or(|other| {
-                    !other.aging()
-                        || (other.session && other.link_up && other.heartbeat == Heartbeat::Idle)
-                }) {
-                    events.push(Event::Acquire(i));
+                match p.partner(i).map(|j| self.contenders[j]) {
+                    Some(other) if other.aging() => {
+                        if !other.session || !other.link_up {
+                        } else if self.taking {
+                            events.push(Event::Acquire(i));
+                        } else if other.heartbeat == Heartbeat::Idle {
+                            events.push(Event::TakeSent(i));
+                        }
+                    }
+                    _ => events.push(Event::Acquire(i)),
                 }
             }
             if c.command_running() {
@@ -804,11 +824,14 @@ impl State {
     fn push_due(&self, p: &Params, i: usize, due: &mut Vec<Event>) -> bool {
         let c = &self.contenders[i];
         let before = due.len();
+        // The session's thread waits for the answer to a take: the cutoff
+        // ends the wait at the deadline, which loses the session.
+        let taking = self.taking && p.partner(i).is_some();
         if c.watching() {
-            if c.since_ok >= p.deadline {
+            if c.since_ok >= p.deadline && (p.cutoff || !taking) {
                 due.push(Event::DeadlinePassed(i));
             }
-            if c.heartbeat == Heartbeat::Idle && c.since_send >= p.heartbeat {
+            if c.heartbeat == Heartbeat::Idle && c.since_send >= p.heartbeat && !taking {
                 due.push(Event::SendHeartbeat(i));
             }
         }
@@ -853,6 +876,9 @@ impl State {
                 // holder's T + G + margin and, with the carry, the bound that
                 // holder owed in turn; it waits that or its own D, whichever
                 // is longer, counted from its own acquisition.
+                if p.partner(i).is_some() {
+                    s.taking = false;
+                }
                 let c = s.contenders[i];
                 let name = usize::from(c.name);
                 let was = s.rows[name];
@@ -902,6 +928,7 @@ impl State {
                     c.heartbeat = other.heartbeat;
                 }
             }
+            Event::TakeSent(_) => s.taking = true,
             Event::ReadyToStart(i) => s.contenders[i].phase = Phase::Spawning,
             Event::Spawn(i) => {
                 let c = s.contenders[i];
@@ -1052,6 +1079,8 @@ impl State {
     fn lose(&mut self, p: &Params, i: usize) {
         let group: Vec<usize> = self.on_session_of(p, i).collect();
         if p.partner(i).is_some() {
+            // A take under way fails with the session.
+            self.taking = false;
             // A shared session is dropped at its loss (`abandon`): the
             // server hears of it over a working link. The rows stay held.
             for &j in &group {
@@ -1102,6 +1131,7 @@ impl State {
     fn end_attempt(&mut self, p: &Params, i: usize) {
         if p.partner(i).is_some() {
             self.together = false;
+            self.taking = false;
         }
         let c = &mut self.contenders[i];
         c.attempts_left -= 1;
@@ -1708,6 +1738,7 @@ fn shared_session_keeps_one_command_per_name_under_every_fault() {
         Kind::SupervisorKilled,
         Kind::HostCrash,
         Kind::GiveUp,
+        Kind::TakeSent,
     ] {
         assert!(found.happened(kind), "{kind:?} never happened");
     }
@@ -1728,6 +1759,22 @@ fn shared_session_that_tells_one_name_overlaps() {
             .any(|c| c.phase == Phase::Untold),
         "the overlap is with the name that was not told"
     );
+}
+
+/// Why every statement of a shared session is cut off at its last good
+/// heartbeat + T: a take of B's name that gets no answer (here, the
+/// network fails while it is out) holds up the session's thread, so A's
+/// loss is never declared, and C starts after its lock-delay while A's
+/// code runs.
+#[test]
+fn shared_session_without_the_cutoff_overlaps() {
+    let mut p = shared_params(Sharing::OneSession).without_faults();
+    p.faults.partition = true;
+    p.cutoff = false;
+    let found = explore(&p);
+    let trace = assert_violation(&found, Violation::TwoCommandsRunning);
+    assert!(trace.events().any(|e| e == Event::TakeSent(1)));
+    assert!(trace.events().any(|e| matches!(e, Event::Partition(_))));
 }
 
 /// The bound is the same as with a session per name: D = T + G + 1 (the
