@@ -11,13 +11,21 @@
 //!
 //! The state holds no clock: only ages (ticks since something happened),
 //! capped where larger values behave alike, so the state space is finite.
+//!
+//! With [`Sharing`], one library process holds two names on one shared
+//! session (docs/DESIGN.md, "Many names on one session"), and exclusion,
+//! tokens and start order are checked per name.
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::time::Instant;
 
-const MAX_CONTENDERS: usize = 3;
+const MAX_CONTENDERS: usize = 4;
+
+/// Lock names: every contender takes name x, except with sharing (see
+/// [`Sharing`]).
+const NAMES: usize = 2;
 
 /// What is modeled. Durations are in ticks.
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +70,34 @@ struct Params {
     /// is a violation. (Stale writes accepted by the protected system are
     /// always a violation.)
     check_start_order: bool,
+    sharing: Sharing,
+    /// With sharing: every statement of the shared session is cut off at
+    /// its last good heartbeat + T. Off (an unsafe variant): a take of one
+    /// name that gets no answer holds up the session's thread, and with it
+    /// the other name's deadline.
+    cutoff: bool,
+}
+
+/// One library process holding two names on one PostgreSQL session
+/// (`PostgresBackend::share_sessions`, `src/backend/postgres/shared.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sharing {
+    /// Every contender holds one name, x, on a session of its own.
+    Off,
+    /// Contenders A and B are one process's names x and y: whenever both
+    /// are held at once, they are on one session, with one heartbeat
+    /// whose send time proves both, and one deadline. Whatever loses the
+    /// session (its heartbeat fails, errs or is late; the server drops or
+    /// terminates it or restarts; the process dies) loses both names at
+    /// once, and the session is dropped. C takes x and D takes y, each on
+    /// a session of its own. The "command" of A and B is the caller's
+    /// code, told by the loss callback: it stops within G of being told
+    /// (the caller's side of the contract; the library cannot kill it).
+    OneSession,
+    /// The unsafe variant: as `OneSession`, but a lost session tells only
+    /// the name whose check failed. The other name's code, running, is
+    /// never told (its session and its heartbeat are gone) and runs on.
+    LosesOneName,
 }
 
 /// Which faults may happen.
@@ -134,6 +170,44 @@ impl Params {
             check_exclusion: true,
             check_tokens: true,
             check_start_order: true,
+            sharing: Sharing::Off,
+            cutoff: true,
+        }
+    }
+
+    /// A's and B's names x and y on one shared session; C takes x and D
+    /// takes y; one attempt each.
+    fn shared(self, sharing: Sharing) -> Params {
+        Params {
+            contenders: 4,
+            attempts: 1,
+            sharing,
+            ..self
+        }
+    }
+
+    /// The name contender `i` takes.
+    fn name_of(&self, i: usize) -> u8 {
+        match self.sharing {
+            Sharing::Off => 0,
+            _ => u8::from(i % 2 == 1),
+        }
+    }
+
+    /// Whether contender `i` is subject to faults and heartbeats. With
+    /// sharing, the successors C and D are not: each holds one name on a
+    /// session of its own, which the model without sharing already covers;
+    /// here they only take their name, wait and run, so that the search
+    /// stays small.
+    fn faulty(&self, i: usize) -> bool {
+        self.sharing == Sharing::Off || i < 2
+    }
+
+    /// The other name of the same process, when names are shared.
+    fn partner(&self, i: usize) -> Option<usize> {
+        match (self.sharing, i) {
+            (Sharing::Off, _) | (_, 2..) => None,
+            (_, i) => Some(1 - i),
         }
     }
 
@@ -221,6 +295,9 @@ enum Phase {
     Running,
     /// The lock was declared lost: SIGTERM sent, SIGKILL in `grace_left`.
     Stopping { grace_left: u8 },
+    /// Only in an unsafe variant: the command runs and no one will tell it
+    /// to stop (it may still exit by itself).
+    Untold,
     /// No attempts left.
     Done,
 }
@@ -240,6 +317,8 @@ enum Heartbeat {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Contender {
     phase: Phase,
+    /// The name it takes (index into the rows).
+    name: u8,
     attempts_left: u8,
     /// Its kill grace G and its own lock-delay D.
     grace: u8,
@@ -275,6 +354,7 @@ impl Hash for Contender {
             Phase::Running => (3, 0),
             Phase::Stopping { grace_left } => (4, grace_left),
             Phase::Done => (5, 0),
+            Phase::Untold => (6, 0),
         };
         let heartbeat = match self.heartbeat {
             Heartbeat::Idle => 0,
@@ -295,17 +375,48 @@ impl Hash for Contender {
             heartbeat,
             self.grace,
             self.own_delay,
-            0,
+            self.name,
             0,
             0,
         ]));
     }
 }
 
+impl Row {
+    fn word(self) -> u32 {
+        u32::from_le_bytes([u8::from(self.held), self.token, self.stop_within, self.owed])
+    }
+}
+
+/// Hashes a state as a few words, as for `Contender`.
+impl Hash for State {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.contenders.hash(state);
+        let [x, y] = self.rows.map(Row::word);
+        let [sx, sy] = self
+            .standby_rows
+            .map_or([u32::MAX; NAMES], |rows| rows.map(Row::word));
+        state.write_u128(
+            u128::from(x) | u128::from(y) << 32 | u128::from(sx) << 64 | u128::from(sy) << 96,
+        );
+        state.write_u64(u64::from_le_bytes([
+            u8::from(self.together) | u8::from(self.taking) << 1,
+            self.fence_token,
+            self.last_write_acquisition,
+            self.max_token_issued[0],
+            self.max_token_issued[1],
+            self.max_token_started[0],
+            self.max_token_started[1],
+            self.acquisitions,
+        ]));
+    }
+}
+
 impl Contender {
-    fn new(attempts: u8, grace: u8, own_delay: u8) -> Contender {
+    fn new(name: u8, attempts: u8, grace: u8, own_delay: u8) -> Contender {
         Contender {
             phase: Phase::Waiting,
+            name,
             attempts_left: attempts,
             grace,
             own_delay,
@@ -342,25 +453,35 @@ impl Contender {
     }
 
     fn command_running(&self) -> bool {
-        matches!(self.phase, Phase::Running | Phase::Stopping { .. })
+        matches!(
+            self.phase,
+            Phase::Running | Phase::Stopping { .. } | Phase::Untold
+        )
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct State {
     contenders: [Contender; MAX_CONTENDERS],
-    row: Row,
-    /// The row as an asynchronous standby has it, while the last commits
-    /// have not reached it.
-    standby_row: Option<Row>,
+    /// One row per name.
+    rows: [Row; NAMES],
+    /// The rows as an asynchronous standby has them, while the last
+    /// commits have not reached it.
+    standby_rows: Option<[Row; NAMES]>,
+    /// With sharing: A's and B's names are on one session (set when one is
+    /// taken while the other is held, until either attempt ends).
+    together: bool,
+    /// With sharing: the session's thread is taking the other name (sent,
+    /// not answered): it sends no heartbeat meanwhile.
+    taking: bool,
     /// The protected system: the highest token it accepted.
     fence_token: u8,
     /// Ghost: the acquisition whose write was accepted last.
     last_write_acquisition: u8,
-    /// Ghost: the highest token handed out so far.
-    max_token_issued: u8,
-    /// Ghost: the highest token of any command started so far.
-    max_token_started: u8,
+    /// Ghost: the highest token handed out so far, per name.
+    max_token_issued: [u8; NAMES],
+    /// Ghost: the highest token of any command started so far, per name.
+    max_token_started: [u8; NAMES],
     /// Ghost: how many acquisitions there were (only counted when writes
     /// are modeled, where it is needed).
     acquisitions: u8,
@@ -372,6 +493,9 @@ enum Event {
     Tick,
     // The supervisor's own steps.
     Acquire(usize),
+    /// With sharing: the take of a name is sent on the session that holds
+    /// the other (`Acquire` is its answer).
+    TakeSent(usize),
     ReadyToStart(usize),
     Spawn(usize),
     SendHeartbeat(usize),
@@ -404,6 +528,7 @@ enum Event {
 enum Kind {
     Tick,
     Acquire,
+    TakeSent,
     ReadyToStart,
     Spawn,
     SendHeartbeat,
@@ -434,6 +559,7 @@ impl Event {
         match self {
             Event::Tick => Kind::Tick,
             Event::Acquire(_) => Kind::Acquire,
+            Event::TakeSent(_) => Kind::TakeSent,
             Event::ReadyToStart(_) => Kind::ReadyToStart,
             Event::Spawn(_) => Kind::Spawn,
             Event::SendHeartbeat(_) => Kind::SendHeartbeat,
@@ -466,6 +592,7 @@ impl Event {
             | Event::FailoverLosingCommits
             | Event::StandbyCatchesUp => None,
             Event::Acquire(i)
+            | Event::TakeSent(i)
             | Event::ReadyToStart(i)
             | Event::Spawn(i)
             | Event::SendHeartbeat(i)
@@ -526,41 +653,50 @@ impl State {
     fn initial(p: &Params) -> State {
         State {
             contenders: std::array::from_fn(|i| {
-                Contender::new(p.attempts, p.graces[i], p.lock_delays[i])
+                Contender::new(p.name_of(i), p.attempts, p.graces[i], p.lock_delays[i])
             }),
-            row: Row {
+            rows: [Row {
                 held: false,
                 token: 0,
                 stop_within: 0,
                 owed: 0,
-            },
-            standby_row: None,
+            }; NAMES],
+            standby_rows: None,
+            together: false,
+            taking: false,
             fence_token: 0,
             last_write_acquisition: 0,
-            max_token_issued: 0,
-            max_token_started: 0,
+            max_token_issued: [0; NAMES],
+            max_token_started: [0; NAMES],
             acquisitions: 0,
         }
     }
 
     /// Contenders are interchangeable (every field that names one lives in
     /// its own entry), so states that differ only in their order behave
-    /// alike: the visited set keeps the sorted one.
+    /// alike: the visited set keeps the sorted one. (Not with sharing: A
+    /// and B are one process, and each name has its own contenders.)
     fn symmetric_key(&self, p: &Params) -> State {
         let mut key = *self;
-        key.contenders[..p.contenders].sort_unstable();
+        if p.sharing == Sharing::Off {
+            key.contenders[..p.contenders].sort_unstable();
+        }
         key
     }
 
-    fn lock_free(&self) -> bool {
-        self.contenders.iter().all(|c| !c.session)
+    fn lock_free(&self, name: u8) -> bool {
+        self.contenders.iter().all(|c| c.name != name || !c.session)
     }
 
+    /// The most commands running at once for one name.
     fn commands_running(&self) -> usize {
-        self.contenders
-            .iter()
-            .filter(|c| c.command_running())
-            .count()
+        let mut running = [0; NAMES];
+        for c in &self.contenders {
+            if c.command_running() {
+                running[usize::from(c.name)] += 1;
+            }
+        }
+        running[0].max(running[1])
     }
 
     fn fence_accepts(&self, p: &Params, token: u8) -> bool {
@@ -585,12 +721,29 @@ impl State {
         events.clear();
         let mut urgent = false;
         let f = &p.faults;
+        let none = Params::without_faults(*p).faults;
         for (i, c) in self.contenders[..p.contenders].iter().enumerate() {
+            let f = if p.faulty(i) { &p.faults } else { &none };
             if c.supervising() && !c.paused {
                 urgent |= self.push_due(p, i, events);
             }
-            if c.phase == Phase::Waiting && c.link_up && self.lock_free() {
-                events.push(Event::Acquire(i));
+            if c.phase == Phase::Waiting && c.link_up && self.lock_free(c.name) {
+                // A name taken while the process holds its other one goes
+                // on that session: only while the server has it (a take on
+                // a session that is gone fails, and loses the other name:
+                // modeled by its heartbeat, later) and can be reached, and
+                // between two heartbeats (one thread serves both).
+                match p.partner(i).map(|j| self.contenders[j]) {
+                    Some(other) if other.aging() => {
+                        if !other.session || !other.link_up {
+                        } else if self.taking {
+                            events.push(Event::Acquire(i));
+                        } else if other.heartbeat == Heartbeat::Idle {
+                            events.push(Event::TakeSent(i));
+                        }
+                    }
+                    _ => events.push(Event::Acquire(i)),
+                }
             }
             if c.command_running() {
                 // A command exiting while its supervisor is paused would only
@@ -648,10 +801,16 @@ impl State {
                 }
             }
         }
-        if f.server_restart && !self.lock_free() {
+        // (With sharing, only while the successors, which have no
+        // heartbeat to notice it, hold nothing.)
+        let successors_hold = (0..p.contenders).any(|i| !p.faulty(i) && self.contenders[i].session);
+        if f.server_restart
+            && (0..NAMES as u8).any(|name| !self.lock_free(name))
+            && !successors_hold
+        {
             events.push(Event::ServerRestart);
         }
-        if f.failover_loses_commits && self.standby_row.is_some() {
+        if f.failover_loses_commits && self.standby_rows.is_some() {
             events.push(Event::FailoverLosingCommits);
             events.push(Event::StandbyCatchesUp);
         }
@@ -665,11 +824,14 @@ impl State {
     fn push_due(&self, p: &Params, i: usize, due: &mut Vec<Event>) -> bool {
         let c = &self.contenders[i];
         let before = due.len();
+        // The session's thread waits for the answer to a take: the cutoff
+        // ends the wait at the deadline, which loses the session.
+        let taking = self.taking && p.partner(i).is_some();
         if c.watching() {
-            if c.since_ok >= p.deadline {
+            if c.since_ok >= p.deadline && (p.cutoff || !taking) {
                 due.push(Event::DeadlinePassed(i));
             }
-            if c.heartbeat == Heartbeat::Idle && c.since_send >= p.heartbeat {
+            if c.heartbeat == Heartbeat::Idle && c.since_send >= p.heartbeat && !taking {
                 due.push(Event::SendHeartbeat(i));
             }
         }
@@ -691,8 +853,9 @@ impl State {
         match event {
             Event::Tick => {
                 let cap = p.age_cap();
-                for c in &mut s.contenders[..p.contenders] {
-                    if c.aging() {
+                for (i, c) in s.contenders[..p.contenders].iter_mut().enumerate() {
+                    // A contender without faults needs no heartbeat.
+                    if c.aging() && p.faulty(i) {
                         c.since_ok = (c.since_ok + 1).min(cap);
                         c.since_send = (c.since_send + 1).min(cap);
                     }
@@ -713,27 +876,32 @@ impl State {
                 // holder's T + G + margin and, with the carry, the bound that
                 // holder owed in turn; it waits that or its own D, whichever
                 // is longer, counted from its own acquisition.
-                let token = s.row.token + 1;
+                if p.partner(i).is_some() {
+                    s.taking = false;
+                }
                 let c = s.contenders[i];
+                let name = usize::from(c.name);
+                let was = s.rows[name];
+                let token = was.token + 1;
                 let previous = if p.record_bound {
-                    s.row.stop_within + p.margin
+                    was.stop_within + p.margin
                 } else {
                     0
                 };
-                let owed = match (s.row.held, p.carry_owed) {
+                let owed = match (was.held, p.carry_owed) {
                     (false, _) => 0,
                     (true, false) => previous,
-                    (true, true) => s.row.owed.max(previous),
+                    (true, true) => was.owed.max(previous),
                 };
-                let left = if s.row.held { c.own_delay.max(owed) } else { 0 };
+                let left = if was.held { c.own_delay.max(owed) } else { 0 };
                 let row = Row {
                     held: true,
                     token,
                     stop_within: p.deadline + c.grace,
                     owed: if p.carry_owed { owed } else { 0 },
                 };
-                s.commit(p, row);
-                s.max_token_issued = s.max_token_issued.max(token);
+                s.commit(p, name, row);
+                s.max_token_issued[name] = s.max_token_issued[name].max(token);
                 if p.writes != Writes::None {
                     s.acquisitions += 1;
                 }
@@ -745,11 +913,27 @@ impl State {
                 c.since_ok = 0;
                 c.since_send = 0;
                 c.heartbeat = Heartbeat::Idle;
+                // With the other name held, this one joins its session
+                // (between two of its heartbeats: one thread serves both),
+                // and with it that session's last proof and deadline.
+                if let Some(j) = p.partner(i)
+                    && s.contenders[j].aging()
+                {
+                    s.together = true;
+                    let other = s.contenders[j];
+                    let c = &mut s.contenders[i];
+                    c.link_up = other.link_up;
+                    c.since_ok = other.since_ok;
+                    c.since_send = other.since_send;
+                    c.heartbeat = other.heartbeat;
+                }
             }
+            Event::TakeSent(_) => s.taking = true,
             Event::ReadyToStart(i) => s.contenders[i].phase = Phase::Spawning,
             Event::Spawn(i) => {
-                let token = s.contenders[i].token;
-                s.max_token_started = s.max_token_started.max(token);
+                let c = s.contenders[i];
+                let name = usize::from(c.name);
+                s.max_token_started[name] = s.max_token_started[name].max(c.token);
                 s.contenders[i].phase = Phase::Running;
             }
             Event::SendHeartbeat(i) => {
@@ -773,23 +957,25 @@ impl State {
                     };
                     c.heartbeat = Heartbeat::Idle;
                 } else {
-                    s.lose(i);
+                    s.lose(p, i);
                 }
             }
-            Event::HeartbeatErrs(i) | Event::DeadlinePassed(i) => s.lose(i),
+            Event::HeartbeatErrs(i) | Event::DeadlinePassed(i) => s.lose(p, i),
             Event::Kill(i) => {
                 s.close_session(i);
-                s.end_attempt(i);
+                s.end_attempt(p, i);
             }
             Event::CommandExits(i) => {
                 let c = s.contenders[i];
                 if c.phase == Phase::Running && c.link_up && c.session {
                     // Clean release: `state='released'`, committed on the
-                    // lock session, then unlock.
-                    s.commit(p, s.row.released());
+                    // lock session, then unlock (of this name's key alone,
+                    // on a shared session).
+                    let name = usize::from(c.name);
+                    s.commit(p, name, s.rows[name].released());
                 }
                 s.close_session(i);
-                s.end_attempt(i);
+                s.end_attempt(p, i);
             }
             Event::CommandWrites(i) => {
                 let writer = s.contenders[i];
@@ -800,63 +986,127 @@ impl State {
                     s.last_write_acquisition = writer.acquisition;
                 }
             }
-            Event::Partition(i) => s.contenders[i].link_up = false,
-            Event::Heal(i) => s.contenders[i].link_up = true,
+            Event::Partition(i) | Event::Heal(i) => {
+                for j in s.on_session_of(p, i) {
+                    s.contenders[j].link_up = event == Event::Heal(i);
+                }
+            }
             Event::ServerDropsUnreachable(i) | Event::Terminate(i) => {
-                s.contenders[i].session = false;
+                for j in s.on_session_of(p, i) {
+                    s.contenders[j].session = false;
+                }
             }
             Event::ServerRestart => s.drop_all_sessions(),
             Event::FailoverLosingCommits => {
                 s.drop_all_sessions();
-                s.row = s.standby_row.take().expect("enabled only when behind");
+                s.rows = s.standby_rows.take().expect("enabled only when behind");
             }
-            Event::StandbyCatchesUp => s.standby_row = None,
+            Event::StandbyCatchesUp => s.standby_rows = None,
             Event::SupervisorKilled(i) => {
                 // The kernel closes the socket and PDEATHSIG kills the
-                // command at once.
-                s.close_session(i);
-                s.end_attempt(i);
+                // command at once. (A library process: its code dies with
+                // it, every name's.)
+                for j in s.in_process_of(p, i) {
+                    s.close_session(j);
+                    s.end_attempt(p, j);
+                }
             }
             Event::GiveUp(i) => {
                 // Only a holder whose own command ran and ended may say
                 // 'released': an earlier holder's command may still run.
                 let c = s.contenders[i];
                 if p.give_up_releases && c.link_up && c.session {
-                    s.commit(p, s.row.released());
+                    let name = usize::from(c.name);
+                    s.commit(p, name, s.rows[name].released());
                 }
                 s.close_session(i);
-                s.end_attempt(i);
+                s.end_attempt(p, i);
             }
-            Event::HostCrash(i) => s.end_attempt(i),
+            Event::HostCrash(i) => {
+                for j in s.in_process_of(p, i) {
+                    s.end_attempt(p, j);
+                }
+            }
             Event::Pause(i) => s.contenders[i].paused = true,
             Event::Resume(i) => s.contenders[i].paused = false,
+        }
+        if let Some(i) = event.contender() {
+            s.share_session_state(p, i);
         }
         s.normalize(p);
         s
     }
 
-    fn commit(&mut self, p: &Params, row: Row) {
-        if p.faults.failover_loses_commits {
-            self.standby_row = self.standby_row.or(Some(self.row));
+    /// What one name's step changed of the session it shares with its
+    /// partner (the heartbeat, its ages, the link) holds for both.
+    fn share_session_state(&mut self, p: &Params, i: usize) {
+        let Some(j) = p.partner(i) else { return };
+        let from = self.contenders[i];
+        let to = &mut self.contenders[j];
+        if self.together && from.aging() && to.aging() {
+            to.link_up = from.link_up;
+            to.heartbeat = from.heartbeat;
+            to.since_ok = from.since_ok;
+            to.since_send = from.since_send;
         }
-        self.row = row;
     }
 
-    /// The holder noticed that it may have lost the lock.
-    fn lose(&mut self, i: usize) {
-        match self.contenders[i].phase {
-            Phase::Delaying { .. } => {
-                self.close_session(i);
-                self.end_attempt(i);
+    /// `i`, and its partner while both are on one session.
+    fn on_session_of(&self, p: &Params, i: usize) -> impl Iterator<Item = usize> + use<> {
+        let partner = p.partner(i).filter(|_| self.together);
+        std::iter::once(i).chain(partner)
+    }
+
+    /// `i`, and its partner in the same process while that one holds (or
+    /// is taking) its name.
+    fn in_process_of(&self, p: &Params, i: usize) -> impl Iterator<Item = usize> + use<> {
+        let partner = p.partner(i).filter(|&j| {
+            let c = self.contenders[j];
+            c.supervising() || c.phase == Phase::Untold
+        });
+        std::iter::once(i).chain(partner)
+    }
+
+    fn commit(&mut self, p: &Params, name: usize, row: Row) {
+        if p.faults.failover_loses_commits {
+            self.standby_rows = self.standby_rows.or(Some(self.rows));
+        }
+        self.rows[name] = row;
+    }
+
+    /// The holder noticed that it may have lost the lock: with a shared
+    /// session, every name on it (or, in the unsafe variant, `i` alone).
+    fn lose(&mut self, p: &Params, i: usize) {
+        let group: Vec<usize> = self.on_session_of(p, i).collect();
+        if p.partner(i).is_some() {
+            // A take under way fails with the session.
+            self.taking = false;
+            // A shared session is dropped at its loss (`abandon`): the
+            // server hears of it over a working link. The rows stay held.
+            for &j in &group {
+                self.close_session(j);
             }
-            Phase::Running => {
-                let c = &mut self.contenders[i];
-                c.phase = Phase::Stopping {
-                    grace_left: c.grace,
-                };
-                c.heartbeat = Heartbeat::Idle;
+        }
+        for j in group {
+            let told = j == i || p.sharing != Sharing::LosesOneName;
+            match self.contenders[j].phase {
+                Phase::Delaying { .. } => {
+                    self.close_session(j);
+                    self.end_attempt(p, j);
+                }
+                Phase::Spawning | Phase::Running if !told => {
+                    self.contenders[j].phase = Phase::Untold;
+                }
+                // A partner about to start is told as it starts.
+                Phase::Spawning | Phase::Running => {
+                    let c = &mut self.contenders[j];
+                    c.phase = Phase::Stopping {
+                        grace_left: c.grace,
+                    };
+                    c.heartbeat = Heartbeat::Idle;
+                }
+                _ => unreachable!("only a watching holder can lose the lock"),
             }
-            _ => unreachable!("only a watching holder can lose the lock"),
         }
     }
 
@@ -875,8 +1125,14 @@ impl State {
         }
     }
 
-    /// The attempt is over and its command dead. The session may linger.
-    fn end_attempt(&mut self, i: usize) {
+    /// The attempt is over and its command dead. The session may linger
+    /// (with sharing, counted apart from the partner's from now on: that
+    /// only adds behaviours).
+    fn end_attempt(&mut self, p: &Params, i: usize) {
+        if p.partner(i).is_some() {
+            self.together = false;
+            self.taking = false;
+        }
         let c = &mut self.contenders[i];
         c.attempts_left -= 1;
         *c = Contender {
@@ -886,7 +1142,7 @@ impl State {
                 Phase::Done
             },
             session: c.session,
-            ..Contender::new(c.attempts_left, c.grace, c.own_delay)
+            ..Contender::new(c.name, c.attempts_left, c.grace, c.own_delay)
         };
     }
 
@@ -912,19 +1168,23 @@ impl State {
         }
         match event {
             Event::Acquire(i)
-                if p.check_tokens && after.contenders[i].token <= self.max_token_issued =>
+                if p.check_tokens
+                    && after.contenders[i].token
+                        <= self.max_token_issued[usize::from(after.contenders[i].name)] =>
             {
                 Some(Violation::TokenNotIncreasing {
                     token: after.contenders[i].token,
-                    earlier: self.max_token_issued,
+                    earlier: self.max_token_issued[usize::from(after.contenders[i].name)],
                 })
             }
             Event::Spawn(i)
-                if p.check_start_order && self.contenders[i].token <= self.max_token_started =>
+                if p.check_start_order
+                    && self.contenders[i].token
+                        <= self.max_token_started[usize::from(self.contenders[i].name)] =>
             {
                 Some(Violation::StartedOutOfTokenOrder {
                     token: self.contenders[i].token,
-                    earlier: self.max_token_started,
+                    earlier: self.max_token_started[usize::from(self.contenders[i].name)],
                 })
             }
             Event::CommandWrites(i)
@@ -947,6 +1207,7 @@ impl fmt::Display for Contender {
             Phase::Running => write!(f, "RUNNING")?,
             Phase::Stopping { grace_left } => write!(f, "RUNNING (SIGTERM, kill in {grace_left})")?,
             Phase::Done => write!(f, "done")?,
+            Phase::Untold => write!(f, "RUNNING (never told)")?,
         }
         if self.supervising() {
             write!(f, " token {}", self.token)?;
@@ -988,14 +1249,28 @@ impl Counterexample {
             let contenders: Vec<String> = state.contenders[..p.contenders]
                 .iter()
                 .enumerate()
-                .map(|(i, c)| format!("{}: {c}", name(i)))
+                .map(|(i, c)| match p.sharing {
+                    Sharing::Off => format!("{}: {c}", name(i)),
+                    _ => format!("{}({}): {c}", name(i), ["x", "y"][usize::from(c.name)]),
+                })
                 .collect();
-            let row = if state.row.held { "held" } else { "released" };
+            let names = if p.sharing == Sharing::Off { 1 } else { NAMES };
+            let rows: Vec<String> = state.rows[..names]
+                .iter()
+                .map(|row| {
+                    let held = if row.held { "held" } else { "released" };
+                    format!("row {held}, token {}, owed {}", row.token, row.owed)
+                })
+                .collect();
             println!(
-                "  t={time:<3} {event:<26} {} | row {row}, token {}, owed {}",
+                "  t={time:<3} {event:<26} {}{} | {}",
                 contenders.join(" | "),
-                state.row.token,
-                state.row.owed
+                if state.together {
+                    " [A, B on one session]"
+                } else {
+                    ""
+                },
+                rows.join(" | ")
             );
         }
     }
@@ -1014,6 +1289,8 @@ struct Exploration {
     refused_writes: usize,
     /// Acquisitions that found `state='held'` and so waited the lock-delay.
     delayed_acquisitions: usize,
+    /// With sharing: transitions that lost both names on one session.
+    shared_losses: usize,
 }
 
 impl Exploration {
@@ -1043,6 +1320,7 @@ fn explore(p: &Params) -> Exploration {
         overlaps: 0,
         refused_writes: 0,
         delayed_acquisitions: 0,
+        shared_losses: 0,
     };
     let mut events = Vec::new();
     while let Some((state, index)) = queue.pop_front() {
@@ -1055,8 +1333,18 @@ fn explore(p: &Params) -> Exploration {
                 Event::CommandWrites(i) if !state.fence_accepts(p, state.contenders[i].token) => {
                     found.refused_writes += 1;
                 }
-                Event::Acquire(_) if state.row.held => found.delayed_acquisitions += 1,
+                Event::Acquire(i) if state.rows[usize::from(state.contenders[i].name)].held => {
+                    found.delayed_acquisitions += 1;
+                }
                 _ => {}
+            }
+            let held_both = |s: &State| s.contenders[..2].iter().all(Contender::aging);
+            if p.sharing != Sharing::Off
+                && state.together
+                && held_both(&state)
+                && next.contenders[..2].iter().all(|c| !c.aging())
+            {
+                found.shared_losses += 1;
             }
             if let Some(violation) = state.violation(p, event, &next) {
                 let mut path = vec![event];
@@ -1428,4 +1716,81 @@ fn chain_of_unclean_holders_with_mixed_graces_keeps_one_command() {
     assert_holds(&found, 50_000);
     assert!(found.happened(Kind::GiveUp));
     assert!(found.delayed_acquisitions > 0);
+}
+
+/// Issue 15: one process holds names x and y on one shared session (A and
+/// B), C takes x and D takes y. Every fault but pause, each of which loses
+/// both of A's and B's names at once when they share the session: neither
+/// successor overlaps the lost holder's code for its name.
+#[test]
+fn shared_session_keeps_one_command_per_name_under_every_fault() {
+    let p = shared_params(Sharing::OneSession);
+    let found = explore(&p);
+    assert_holds(&found, 50_000);
+    assert!(found.delayed_acquisitions > 0);
+    assert!(found.shared_losses > 0, "one event lost both names");
+    for kind in [
+        Kind::DeadlinePassed,
+        Kind::HeartbeatErrs,
+        Kind::Partition,
+        Kind::Terminate,
+        Kind::ServerRestart,
+        Kind::SupervisorKilled,
+        Kind::HostCrash,
+        Kind::GiveUp,
+        Kind::TakeSent,
+    ] {
+        assert!(found.happened(kind), "{kind:?} never happened");
+    }
+}
+
+/// Why a lost session must tell every name on it: when the session's
+/// loss tells only the name whose check failed, the other name's code runs
+/// on, untold, and its successor starts after its lock-delay while it runs.
+#[test]
+fn shared_session_that_tells_one_name_overlaps() {
+    let p = shared_params(Sharing::LosesOneName);
+    let found = explore(&p);
+    let trace = assert_violation(&found, Violation::TwoCommandsRunning);
+    let (_, last) = trace.steps.last().expect("a trace");
+    assert!(
+        last.contenders[..2]
+            .iter()
+            .any(|c| c.phase == Phase::Untold),
+        "the overlap is with the name that was not told"
+    );
+}
+
+/// Why every statement of a shared session is cut off at its last good
+/// heartbeat + T: a take of B's name that gets no answer (here, the
+/// network fails while it is out) holds up the session's thread, so A's
+/// loss is never declared, and C starts after its lock-delay while A's
+/// code runs.
+#[test]
+fn shared_session_without_the_cutoff_overlaps() {
+    let mut p = shared_params(Sharing::OneSession).without_faults();
+    p.faults.partition = true;
+    p.cutoff = false;
+    let found = explore(&p);
+    let trace = assert_violation(&found, Violation::TwoCommandsRunning);
+    assert!(trace.events().any(|e| e == Event::TakeSent(1)));
+    assert!(trace.events().any(|e| matches!(e, Event::Partition(_))));
+}
+
+/// The bound is the same as with a session per name: D = T + G + 1 (the
+/// wait D alone) keeps one command per name, D = T + G does not.
+#[test]
+fn shared_session_needs_the_same_lock_delay() {
+    let mut p = shared_params(Sharing::OneSession);
+    p.record_bound = false;
+    p = p.with_lock_delay(p.deadline + p.graces[0] + 1);
+    assert_holds(&explore(&p), 50_000);
+    p = p.with_lock_delay(p.deadline + p.graces[0]);
+    assert_violation(&explore(&p), Violation::TwoCommandsRunning);
+}
+
+/// The shared-session runs: the production defaults, every fault but
+/// pause (on A and B; see `Params::faulty`).
+fn shared_params(sharing: Sharing) -> Params {
+    Params::defaults().shared(sharing)
 }
