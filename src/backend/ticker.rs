@@ -99,6 +99,7 @@ pub(crate) fn register(job: Box<dyn Tick>, interval: Duration) -> Option<Ticket>
 /// all it has. Every wait of that thread while a lock is held must then
 /// end by the next tick; a library user who makes no promise gets the
 /// thread.
+#[cfg(feature = "cli")]
 pub(crate) fn tick_on_this_thread() {
     install_fork_hooks();
     registry().caller_ticks = Some(std::process::id());

@@ -57,7 +57,9 @@ pub enum Outcome {
 ///
 /// It runs on the caller's thread alone: the signal handlers write to a
 /// pipe, the lock's loss is reported on another, and the command's stops
-/// and exit come as SIGCHLD; the supervisor `poll`s both pipes.
+/// and exit come as SIGCHLD; the supervisor `poll`s both pipes. Under
+/// `onlyone run` its waits also tick the file lock's checks, which then
+/// have no thread of their own (`tick_on_this_thread`).
 pub struct Supervisor {
     kill_grace: Duration,
     /// The signals that arrived (SIGCHLD included), through the handlers'
