@@ -1,12 +1,15 @@
 //! One thread that ticks every held file lock of this process, instead of
 //! a thread per lock: starting and joining a thread was half the cost of
-//! an acquisition.
+//! an acquisition. Or no thread at all: a caller that promises to tick
+//! ([`tick_on_this_thread`]: `onlyone run`'s supervisor, from its poll
+//! loop) gets the jobs ticked by [`tick_if_due`], and wakes by
+//! [`next_tick`].
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::sys;
 
@@ -29,6 +32,13 @@ struct Registry {
     /// it ticks, a new job waits for the next tick instead, so that an
     /// acquisition does not wake another thread and contend for the lock.
     parked: bool,
+    /// The process whose caller promised to tick ([`tick_on_this_thread`]):
+    /// it starts no thread. A forked child has made no promise.
+    caller_ticks: Option<u32>,
+    /// When the caller's next tick is due, while it has jobs.
+    due: Option<Instant>,
+    /// The interval of the caller's ticks (the jobs').
+    interval: Duration,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
@@ -36,6 +46,9 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     jobs: Vec::new(),
     thread_of: None,
     parked: false,
+    caller_ticks: None,
+    due: None,
+    interval: Duration::MAX,
 });
 static WAKE: Condvar = Condvar::new();
 
@@ -54,7 +67,14 @@ pub(crate) fn register(job: Box<dyn Tick>, interval: Duration) -> Option<Ticket>
     install_fork_hooks();
     let mut registry = registry();
     let me = std::process::id();
-    if registry.thread_of != Some(me) {
+    if registry.caller_ticks == Some(me) {
+        // The first job's first tick is an interval away, as on the
+        // thread; later jobs share the ticks already due.
+        registry.interval = registry.interval.min(interval);
+        if registry.jobs.is_empty() {
+            registry.due = Instant::now().checked_add(registry.interval);
+        }
+    } else if registry.thread_of != Some(me) {
         std::thread::Builder::new()
             .name("onlyone-watch".into())
             .spawn(move || run(interval))
@@ -70,6 +90,49 @@ pub(crate) fn register(job: Box<dyn Tick>, interval: Duration) -> Option<Ticket>
         WAKE.notify_all();
     }
     Some(Ticket(id))
+}
+
+/// The calling thread promises to call [`tick_if_due`] by every
+/// [`next_tick`] for as long as the process holds a lock, from now on: the
+/// jobs registered from now on start no thread. For a program that runs a
+/// poll loop anyway (`onlyone run`'s supervisor), whose one thread is then
+/// all it has. Every wait of that thread while a lock is held must then
+/// end by the next tick; a library user who makes no promise gets the
+/// thread.
+#[cfg(feature = "cli")]
+pub(crate) fn tick_on_this_thread() {
+    install_fork_hooks();
+    registry().caller_ticks = Some(std::process::id());
+}
+
+/// When the promised tick ([`tick_on_this_thread`]) is due: `None` when
+/// there is nothing to tick, or when a thread ticks.
+pub(crate) fn next_tick() -> Option<Instant> {
+    let registry = registry();
+    if registry.caller_ticks != Some(std::process::id()) || registry.jobs.is_empty() {
+        return None;
+    }
+    registry.due
+}
+
+/// Ticks every job if the promised tick is due (see
+/// [`tick_on_this_thread`]); does nothing otherwise, or when a thread
+/// ticks.
+pub(crate) fn tick_if_due() {
+    let mut registry = registry();
+    let now = Instant::now();
+    if registry.caller_ticks != Some(std::process::id())
+        || registry.jobs.is_empty()
+        || registry.due.is_some_and(|due| now < due)
+    {
+        return;
+    }
+    // As on the thread: a tick that forks (a loss callback) holds the
+    // registry already, and the fork hooks must not wait for it.
+    let ticker = TICKER.replace(true);
+    registry.jobs.retain_mut(|(_, job)| job.tick());
+    TICKER.set(ticker);
+    registry.due = Instant::now().checked_add(registry.interval);
 }
 
 impl Drop for Ticket {

@@ -102,6 +102,9 @@ pub fn run_command(args: RunArgs) -> anyhow::Result<u8> {
     if let Some(max) = args.max {
         lock = lock.max(max)?;
     }
+    // The supervisor, on this thread, checks a held file lock from its
+    // waits: no thread of the backend's (issue 15).
+    crate::supervise::tick_on_this_thread();
     let Some(guard) = take_lock(&lock, &args)? else {
         return Ok(args.conflict_exit_code.unwrap_or(exit::CONFLICT));
     };

@@ -113,7 +113,9 @@ pub(super) fn stop_descendants(spared: &Spared, grace: Duration) {
             return;
         }
         // There is no event for "a child exited" that does not also reap
-        // it: look again in 2 ms, as for the process group.
+        // it: look again in 2 ms, as for the process group, and tick the
+        // lock's checks if this thread does (`onlyone run`) and one is due.
+        crate::backend::ticker::tick_if_due();
         std::thread::sleep(Duration::from_millis(2));
     }
 }

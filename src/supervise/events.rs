@@ -15,7 +15,7 @@ use signal_hook::consts::{SIGCHLD, SIGCONT, SIGKILL, SIGTERM};
 
 use super::Supervisor;
 use super::job::Job;
-use crate::backend::Guard;
+use crate::backend::{Guard, ticker};
 use crate::sys;
 
 /// What the guard's watch (another thread) tells the supervisor.
@@ -88,8 +88,13 @@ impl Supervisor {
         });
     }
 
-    /// Sleeps until a signal or a loss arrives, or until `until`.
+    /// Sleeps until a signal or a loss arrives, or until `until`. When this
+    /// thread ticks the lock's checks (`onlyone run`: see
+    /// [`tick_on_this_thread`](super::tick_on_this_thread)), the sleep
+    /// ends by the next one too, which is made here; a loss it finds
+    /// arrives as any other (a notice and a byte in the wake pipe).
     pub(super) fn sleep_until(&self, until: Option<Instant>) {
+        let until = until.into_iter().chain(ticker::next_tick()).min();
         let timeout = until.map(|at| {
             let left = at.saturating_duration_since(Instant::now());
             Timespec {
@@ -103,6 +108,7 @@ impl Supervisor {
         ];
         // EINTR (a signal's handler ran) is a wake-up like any other.
         let _ = rustix::event::poll(&mut fds, timeout.as_ref());
+        ticker::tick_if_due();
     }
 
     /// Handles what happens while the command `pgid` runs, until it exits:

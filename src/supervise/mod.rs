@@ -57,7 +57,9 @@ pub enum Outcome {
 ///
 /// It runs on the caller's thread alone: the signal handlers write to a
 /// pipe, the lock's loss is reported on another, and the command's stops
-/// and exit come as SIGCHLD; the supervisor `poll`s both pipes.
+/// and exit come as SIGCHLD; the supervisor `poll`s both pipes. Under
+/// `onlyone run` its waits also tick the file lock's checks, which then
+/// have no thread of their own (`tick_on_this_thread`).
 pub struct Supervisor {
     kill_grace: Duration,
     /// The signals that arrived (SIGCHLD included), through the handlers'
@@ -215,6 +217,23 @@ impl Supervisor {
             None => Outcome::Exited(code),
         })
     }
+}
+
+/// From now on, the locks this process takes are checked from the calling
+/// thread's waits instead of a thread of the file backend's: call it before
+/// the lock is taken, on the thread that then runs the [`Supervisor`] and
+/// releases the lock (`onlyone run`). Every wait of that thread while the
+/// lock is held must end by [`ticker::next_tick`] and tick
+/// ([`ticker::tick_if_due`]): the supervisor's polls, the waits for what
+/// is left of the command's group and descendants. Any other wait there is
+/// short (the spawn, the guardian's exit once dismissed); a stop of the
+/// whole job (SIGTSTP) stops a thread of the backend's as well.
+///
+/// [`ticker::next_tick`]: crate::backend::ticker::next_tick
+/// [`ticker::tick_if_due`]: crate::backend::ticker::tick_if_due
+#[cfg(feature = "cli")]
+pub(crate) fn tick_on_this_thread() {
+    crate::backend::ticker::tick_on_this_thread();
 }
 
 /// Runs `command` once under `guard`: [`Supervisor::run`] with a supervisor

@@ -3,12 +3,13 @@
 //! released.
 
 use std::os::unix::process::ExitStatusExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGCONT, SIGKILL, SIGTERM};
 
 use super::descendants::stop_descendants;
 use super::spawn::Started;
+use crate::backend::ticker;
 use crate::error::{Error, Result};
 use crate::exit;
 use crate::sys;
@@ -45,7 +46,7 @@ fn stop_group(pgid: u32, grace: Duration) {
     let _ = sys::signal_group(pgid, SIGCONT);
     // With no grace SIGKILL is already sent: there is no SIGTERM to report.
     if !grace.is_zero() {
-        if sys::wait_group_gone(pgid, grace) {
+        if wait_group_gone(pgid, grace) {
             return;
         }
         log::warn!(
@@ -54,8 +55,29 @@ fn stop_group(pgid: u32, grace: Duration) {
         );
         let _ = sys::signal_group(pgid, SIGKILL);
     }
-    if !sys::wait_group_gone(pgid, Duration::from_secs(10)) {
+    if !wait_group_gone(pgid, Duration::from_secs(10)) {
         log::error!("processes of the command's group {pgid} survive SIGKILL");
+    }
+}
+
+/// [`sys::wait_group_gone`], in slices that end by each of the lock's
+/// checks when this thread ticks them (`onlyone run`), which are made in
+/// between: a kill grace is longer than a tick.
+fn wait_group_gone(pgid: u32, timeout: Duration) -> bool {
+    // A timeout too long to add to the clock never ends.
+    let deadline = Instant::now().checked_add(timeout);
+    loop {
+        let until = deadline.into_iter().chain(ticker::next_tick()).min();
+        let slice = until.map_or(Duration::MAX, |at| {
+            at.saturating_duration_since(Instant::now())
+        });
+        if sys::wait_group_gone(pgid, slice) {
+            return true;
+        }
+        ticker::tick_if_due();
+        if deadline.is_some_and(|at| Instant::now() >= at) {
+            return false;
+        }
     }
 }
 

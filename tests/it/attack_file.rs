@@ -475,3 +475,44 @@ fn same_path_in_another_mount_namespace_is_another_lock() {
     assert_exit(&second, 0);
     assert_eq!(String::from_utf8_lossy(&second.stdout), "RAN\n");
 }
+
+/// Issue 15 (the loss, now found by the supervisor's own ticks): a holder
+/// whose socket is squatted by another user holds by its file alone. When
+/// that file is replaced by one another process locks, the lock is lost:
+/// the command is stopped, and onlyone exits with 74, saying so.
+#[test]
+fn lock_file_replaced_and_locked_by_another_while_held_without_socket_stops_the_command() {
+    linux_only!(
+        "an abstract socket name can be bound by anyone; a socket file in the lock directory cannot"
+    );
+    if !is_root() || !Path::new("/usr/bin/python3").exists() {
+        eprintln!("skipped (needs root and /usr/bin/python3)");
+        return;
+    }
+    let env = TestEnv::new();
+    fs::create_dir(env.lock_dir()).unwrap();
+    fs::set_permissions(env.lock_dir(), fs::Permissions::from_mode(0o700)).unwrap();
+    let name = holder_socket_name(&env, "bot");
+    let squatter = as_nobody(&squat_script(&name, "s.listen(8)"));
+    let mut holder = env.hold_sleeping("bot");
+    holder.expect_stderr_containing("running without that guard");
+    let other = env.lock_dir().join("other");
+    fs::write(&other, b"").unwrap();
+    let mut locker = Running::spawn(
+        Command::new("flock")
+            .arg(&other)
+            .args(["-c", "echo locked; exec sleep 1000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    locker.expect_stdout_line("locked");
+    fs::rename(&other, env.lock_file("bot")).unwrap();
+    let (status, _, err) = holder.finish();
+    locker.kill_tree();
+    squatter.kill();
+    assert_eq!(code(status), 74, "{err}");
+    assert!(
+        err.contains("onlyone: error: lost lock 'bot'") && err.contains("the command was stopped"),
+        "{err}"
+    );
+}

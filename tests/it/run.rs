@@ -307,11 +307,12 @@ fn read_the_terminal_through(prefix: &[&str]) {
 
 /// Issue 15: the supervisor runs the command from its own thread (signals,
 /// the command's stops and exit, and the loss all reach it through pipes
-/// it polls): besides it, only the backend's lock watch. It used to start
-/// a signal forwarder and an exit waiter too (4 threads).
+/// it polls), and checks its file lock from its own waits too: one thread
+/// in all. It used to start a signal forwarder and an exit waiter (4
+/// threads), then still had the file backend's lock watch (2).
 #[cfg(target_os = "linux")]
 #[test]
-fn the_supervisor_runs_on_its_own_thread_and_the_lock_watch() {
+fn the_supervisor_runs_on_one_thread() {
     let env = TestEnv::new();
     let holder = env.hold_sleeping("threads");
     let tasks = std::fs::read_dir(format!("/proc/{}/task", holder.pid()))
@@ -320,5 +321,89 @@ fn the_supervisor_runs_on_its_own_thread_and_the_lock_watch() {
     holder.signal(libc::SIGTERM);
     let (status, _, err) = holder.finish();
     assert_eq!(code(status), 128 + libc::SIGTERM, "{err}");
-    assert!(tasks <= 2, "the supervisor has {tasks} threads");
+    assert_eq!(tasks, 1, "the supervisor has {tasks} threads");
+}
+
+/// Issue 15: with no thread of the backend's, the supervisor checks the
+/// lock file from each of its waits. After the command exited, while what
+/// is left of its group gets its kill grace (here 1 h), the lock is still
+/// held, and its file, deleted, is restored at once.
+#[test]
+fn the_lock_file_is_kept_while_the_commands_group_gets_its_grace() {
+    let env = TestEnv::new();
+    // The command exits once the process it leaves in its group has set
+    // its trap (it says so through a FIFO).
+    let up = env.path("up");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &up,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let leftover = r#"sh -c 'trap "echo got-term" TERM; echo left $$; echo up > "$0"; while :; do sleep 0.1; done' "$0" & read up < "$0""#;
+    let mut holder = env.start(&[
+        "run",
+        "--name",
+        "bot",
+        "--kill-grace",
+        "1h",
+        "--",
+        "sh",
+        "-c",
+        leftover,
+        up.to_str().unwrap(),
+    ]);
+    let left = holder.expect_stdout_any();
+    let pid: u32 = left
+        .strip_prefix("left ")
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("{left:?}"));
+    // The supervisor is in the grace: it sent SIGTERM to the group.
+    holder.expect_stdout_line("got-term");
+    let deleted_at = Instant::now();
+    fs::remove_file(env.lock_file("bot")).unwrap();
+    holder.expect_stderr_containing("was deleted or replaced while held; restored it");
+    let restored_after = deleted_at.elapsed();
+    crate::util::signal_pid(pid, libc::SIGKILL);
+    let (status, _, err) = holder.finish();
+    assert_eq!(code(status), 0, "{err}");
+    assert!(
+        restored_after < std::time::Duration::from_secs(5),
+        "restored after {restored_after:?}"
+    );
+}
+
+/// Issue 15: between restarts (here a delay of 1 h) the lock is held, and
+/// the supervisor, waiting for the next start, keeps its file.
+#[test]
+fn the_lock_file_is_kept_between_restarts() {
+    let env = TestEnv::new();
+    let mut holder = env.start(&[
+        "run",
+        "--name",
+        "bot",
+        "--restart",
+        "on-failure",
+        "--restart-delay",
+        "1h",
+        "--",
+        "sh",
+        "-c",
+        "echo ran; exit 1",
+    ]);
+    holder.expect_stdout_line("ran");
+    holder.expect_stderr_containing("restarting it in 1h");
+    let deleted_at = Instant::now();
+    fs::remove_file(env.lock_file("bot")).unwrap();
+    holder.expect_stderr_containing("was deleted or replaced while held; restored it");
+    let restored_after = deleted_at.elapsed();
+    holder.signal(libc::SIGTERM);
+    let (status, _, err) = holder.finish();
+    assert_eq!(code(status), 1, "{err}");
+    assert!(
+        restored_after < std::time::Duration::from_secs(5),
+        "restored after {restored_after:?}"
+    );
 }
