@@ -53,13 +53,8 @@ fn registry() -> MutexGuard<'static, Registry> {
 pub(crate) fn register(job: Box<dyn Tick>, interval: Duration) -> Option<Ticket> {
     install_fork_hooks();
     let mut registry = registry();
-    let me = std::process::id();
-    if registry.thread_of != Some(me) {
-        std::thread::Builder::new()
-            .name("onlyone-watch".into())
-            .spawn(move || run(interval))
-            .ok()?;
-        registry.thread_of = Some(me);
+    if !started(&mut registry, interval) {
+        return None;
     }
     let id = registry.next_id;
     registry.next_id += 1;
@@ -70,6 +65,31 @@ pub(crate) fn register(job: Box<dyn Tick>, interval: Duration) -> Option<Ticket>
         WAKE.notify_all();
     }
     Some(Ticket(id))
+}
+
+/// Starts the thread now if this process has none, so that a job
+/// registered later (by an acquisition that waits, once the lock is
+/// granted) does not start it then. Without jobs it ticks for a while,
+/// then parks until one is registered.
+pub(crate) fn start(interval: Duration) {
+    install_fork_hooks();
+    let _ = started(&mut registry(), interval);
+}
+
+/// True when this process has the thread, started now if needed.
+fn started(registry: &mut Registry, interval: Duration) -> bool {
+    let me = std::process::id();
+    if registry.thread_of != Some(me) {
+        if std::thread::Builder::new()
+            .name("onlyone-watch".into())
+            .spawn(move || run(interval))
+            .is_err()
+        {
+            return false;
+        }
+        registry.thread_of = Some(me);
+    }
+    true
 }
 
 impl Drop for Ticket {
