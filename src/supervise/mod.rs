@@ -68,6 +68,19 @@ pub struct Supervisor {
     notices: mpsc::Receiver<Notice>,
     wake: Wake,
     stop_signal: Option<i32>,
+    /// The last run's guardian, told to stand down, reaped at the next
+    /// run's start or when the supervisor is dropped: after the caller has
+    /// released the lock, when the supervisor outlives the guard (as in
+    /// `onlyone run`).
+    stood_down: Option<sys::StoodDown>,
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if let Some(guardian) = self.stood_down.take() {
+            guardian.reap();
+        }
+    }
 }
 
 impl Supervisor {
@@ -123,6 +136,7 @@ impl Supervisor {
             notices,
             wake,
             stop_signal: None,
+            stood_down: None,
         })
     }
 
@@ -180,6 +194,9 @@ impl Supervisor {
         let (program, args) = command
             .split_first()
             .ok_or_else(|| Error::usage("no command given to run"))?;
+        if let Some(guardian) = self.stood_down.take() {
+            guardian.reap();
+        }
         // A lock lost before the start (during a lock-delay or between
         // restarts, or while onlyone was stopped) protects nothing: do not
         // start.
@@ -209,7 +226,8 @@ impl Supervisor {
             Some(_) => Duration::ZERO,
             None => self.kill_grace,
         };
-        let code = started.reap(grace)?;
+        let (code, guardian) = started.reap(grace)?;
+        self.stood_down = Some(guardian);
         Ok(match lost {
             Some(reason) => Outcome::Lost { reason, code },
             None => Outcome::Exited(code),
