@@ -73,12 +73,18 @@ pub struct Supervisor {
     /// released the lock, when the supervisor outlives the guard (as in
     /// `onlyone run`).
     stood_down: Option<sys::StoodDown>,
+    /// A guardian forked before the lock was waited for (see
+    /// [`Supervisor::adopt_guardian`]), for the next run.
+    guardian: Option<sys::Guardian>,
 }
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
         if let Some(guardian) = self.stood_down.take() {
             guardian.reap();
+        }
+        if let Some(guardian) = self.guardian.take() {
+            guardian.dismiss();
         }
     }
 }
@@ -137,7 +143,19 @@ impl Supervisor {
             wake,
             stop_signal: None,
             stood_down: None,
+            guardian: None,
         })
+    }
+
+    /// Gives the next run a guardian forked already: `onlyone run` forks
+    /// it before it waits for the lock, so that the grant is not followed
+    /// by that fork too. It was forked holding none of the lock's
+    /// descriptors (and closes what it inherited first thing), and
+    /// guards nothing until the command tells it its group.
+    pub(crate) fn adopt_guardian(&mut self, guardian: sys::Guardian) {
+        if let Some(old) = self.guardian.replace(guardian) {
+            old.dismiss();
+        }
     }
 
     /// The signal that asked the supervisor to stop, if one arrived (it was
@@ -216,7 +234,7 @@ impl Supervisor {
         // An interactive command gets the terminal: it can read it, and
         // Ctrl-C and Ctrl-Z reach its group directly.
         let mut job = Job::detect();
-        let started = Started::spawn(guard, program.as_ref(), args)?;
+        let started = Started::spawn(guard, program.as_ref(), args, self.guardian.take())?;
         self.report_events(guard);
         let lost = self.watch(guard, &mut job, started.pgid);
         // Before the leader is reaped, its group id is still its own.

@@ -171,12 +171,13 @@ fn wait_takes_the_lock_when_the_holder_exits() {
 
 /// Issue 15: a waiter does before its wait what does not need the lock,
 /// so that only what must follow the grant is between the release and its
-/// command's start. The lock watch's thread is the visible part: it runs
-/// already while the waiter is blocked in flock(2) (it used to be started
-/// after the grant, with the record's /proc and user-database reads).
+/// command's start. Two parts of it are visible while the waiter is
+/// blocked in flock(2): the lock watch's thread runs, and the command's
+/// guardian is its one child (both used to be started after the grant,
+/// with the record's /proc and user-database reads).
 #[cfg(target_os = "linux")]
 #[test]
-fn a_waiter_starts_its_lock_watch_before_it_waits() {
+fn a_waiter_starts_its_lock_watch_and_guardian_before_it_waits() {
     let env = TestEnv::new();
     let holder = env.hold_sleeping("early");
     let mut waiter = env.start(&[
@@ -192,10 +193,20 @@ fn a_waiter_starts_its_lock_watch_before_it_waits() {
         assert!(Instant::now() < deadline, "the waiter never blocked");
         std::thread::yield_now();
     }
-    let tasks = std::fs::read_dir(format!("/proc/{}/task", waiter.pid()))
-        .expect("read the waiter's threads")
-        .count();
+    let mut tasks = 0;
+    let mut children = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", waiter.pid())).unwrap() {
+        tasks += 1;
+        let listed = std::fs::read_to_string(task.unwrap().path().join("children"));
+        children.extend(
+            listed
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned),
+        );
+    }
     assert_eq!(tasks, 2, "the waiter's threads while it waits");
+    assert_eq!(children.len(), 1, "the waiter's children: {children:?}");
     holder.kill();
     waiter.expect_stdout_line("ran");
     let (status, _, err) = waiter.finish();
