@@ -152,6 +152,7 @@ impl Supervisor {
     /// by that fork too. It was forked holding none of the lock's
     /// descriptors (and closes what it inherited first thing), and
     /// guards nothing until the command tells it its group.
+    #[cfg(feature = "cli")]
     pub(crate) fn adopt_guardian(&mut self, guardian: sys::Guardian) {
         if let Some(old) = self.guardian.replace(guardian) {
             old.dismiss();
