@@ -754,7 +754,6 @@ impl Worker {
             .refuse_other_tables(session, key)
             .map_err(lost_before_start)?;
         let lost_here = lost.filter(|(lost_key, _)| *lost_key == key);
-        let begun = backend.table.begin_excluding_fenced_now(session, name);
         // The row, taken with a wait shorter than the session's cutoff:
         // a row (or the table) locked by another transaction (an
         // operator's, a fenced one begun since) costs this name its take
@@ -765,22 +764,26 @@ impl Worker {
             .map_or(Duration::ZERO, |cutoff| {
                 cutoff.saturating_duration_since(Instant::now())
             });
-        let begun = match begun {
-            Ok(true) => {
-                let row = format!(
-                    "SET LOCAL lock_timeout = {}; SELECT 1 FROM {} WHERE key = {key} FOR UPDATE",
-                    (left / 2).as_millis().max(1),
-                    backend.table.sql
-                );
-                match session.batch(&row) {
-                    Ok(()) => Ok(true),
-                    Err(failure) if failure.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
-                        Ok(false)
-                    }
-                    Err(failure) => Err(session.error("locking the lock's row", failure)),
-                }
-            }
-            other => other,
+        // The token's transaction, excluding fenced transactions now (as
+        // `begin_excluding_fenced_now`), and the row locked only if they
+        // are excluded: one round trip. Both a fence key still taken and
+        // a row locked elsewhere send the name to a dedicated session.
+        let begin = format!(
+            "BEGIN; SET LOCAL lock_timeout = {millis}; \
+             SELECT f.free, (SELECT count(*) FROM (SELECT 1 FROM {table} \
+                             WHERE key = {key} AND f.free FOR UPDATE) r) \
+             FROM (SELECT pg_try_advisory_xact_lock('{fence}'::bigint) AS free) f",
+            millis = (left / 2).as_millis().max(1),
+            table = backend.table.sql,
+            fence = super::fence::fence_key(name),
+        );
+        let begun = match session.simple_query_row(&begin) {
+            Ok(row) => Ok(row
+                .and_then(|row| row.into_iter().next().flatten())
+                .as_deref()
+                == Some("t")),
+            Err(failure) if failure.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(false),
+            Err(failure) => Err(session.error("waiting for fenced transactions", failure)),
         };
         let recorded = match begun {
             Ok(true) => backend.table.record_acquisition(
