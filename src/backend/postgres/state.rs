@@ -331,6 +331,16 @@ impl Table {
         Ok(self.select(session, &sql, &[&key])?.into_iter().next())
     }
 
+    /// The rows whose names start with `prefix`, by name: the slots of
+    /// a pool (`NAME@`), without reading the rest of the table.
+    pub fn rows_starting_with(&self, session: &mut Session, prefix: &str) -> Result<Vec<Row>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM {} WHERE left(name, length($1)) = $1 ORDER BY name",
+            self.sql
+        );
+        self.select(session, &sql, &[&prefix])
+    }
+
     /// Every row, by name.
     pub fn rows(&self, session: &mut Session) -> Result<Vec<Row>> {
         let sql = format!("SELECT {COLUMNS} FROM {} ORDER BY name", self.sql);
