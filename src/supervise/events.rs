@@ -143,14 +143,18 @@ impl Supervisor {
             while let Ok(notice) = self.notices.try_recv() {
                 match notice {
                     Notice::Lost(reason) if lost.is_none() => {
+                        // The signal before the line: a write to a stderr
+                        // that takes no more (a stalled logger's pipe)
+                        // blocks, and must not keep the command running
+                        // beside the next holder.
                         if self.kill_grace.is_zero() {
-                            log::error!("{reason}; killing the command (SIGKILL)");
                             let _ = sys::signal_group(pgid, SIGKILL);
+                            log::error!("{reason}; killing the command (SIGKILL)");
                         } else {
-                            log::error!("{reason}; stopping the command");
                             let _ = sys::signal_group(pgid, SIGTERM);
                             // A grace too long to add to the clock never ends.
                             kill_at = Instant::now().checked_add(self.kill_grace);
+                            log::error!("{reason}; stopping the command");
                         }
                         lost = Some(reason);
                     }
