@@ -173,6 +173,16 @@ fn fit_command(command: &[String], room: usize) -> Vec<String> {
     fitted
 }
 
+/// Reads this process's identity into the cache, so that an acquisition
+/// that waits has it before the kernel's or the server's grant, and the
+/// record's making after the grant does not go to /proc and the user
+/// database (nsswitch, /etc/passwd, possibly a directory service). None of
+/// it needs the lock; the record itself (token, time of acquisition, host
+/// name) is still made and written only once the lock is held.
+pub(crate) fn prefetch() {
+    let _ = ProcessIdentity::current();
+}
+
 /// What identifies this process, which does not change while it runs:
 /// read once (from /proc and the user database), not on every acquisition.
 #[derive(Clone)]

@@ -661,8 +661,11 @@ pub fn many_names(
     report: &mut Report,
 ) -> Result<()> {
     let n = config.pg_names;
-    let mut dedicated = many_names_once(cluster, n, None, "pg-many")?;
-    let mut shared = many_names_once(cluster, n, Some(4), "pg-many-shared")?;
+    let mut dedicated = many_names_once(cluster, n, None, 1, "pg-many")?;
+    let mut shared = many_names_once(cluster, n, Some(4), 1, "pg-many-shared")?;
+    // The same, the names taken from 4 threads at once (a quarter each):
+    // the 4 sessions work in parallel.
+    let mut parallel = many_names_once(cluster, n, Some(4), 4, "pg-many-parallel")?;
     let mut detail = Detail::new(
         &format!("{n} names held by one process, PostgreSQL (library)"),
         &format!(
@@ -671,8 +674,11 @@ pub fn many_names(
              the default (a session and a heartbeat thread per lock; the cluster runs \
              with max_connections = {}), then with `share_sessions(4)` (at most 4 \
              sessions, a thread each, one heartbeat per session for all its names), \
-             in the same run. Memory is this process's VmRSS; sessions are the \
-             process's `onlyone:` sessions in pg_stat_activity while it holds them all.",
+             in the same run; last, `share_sessions(4)` again with the names taken \
+             from 4 threads at once (a quarter each). Memory is this process's VmRSS \
+             (threads: the library's, counted once the callers' have ended); sessions are the \
+             process's `onlyone:` sessions in pg_stat_activity while it holds them all. \
+             The ratio is shared (one thread) against a session per name.",
             n + 50
         ),
         &[
@@ -680,6 +686,7 @@ pub fn many_names(
             "a session per name",
             "shared sessions (4)",
             "ratio",
+            "shared (4), from 4 threads",
         ],
     );
     let ratio = |a: f64, b: f64| {
@@ -739,8 +746,17 @@ pub fn many_names(
             "—".into(),
         ),
     ];
-    for (measure, a, b, r) in rows {
-        detail.row(vec![measure.to_owned(), a, b, r]);
+    let from_threads = [
+        fmt_ns(parallel.acquired.as_nanos() as f64),
+        fmt_ns(parallel.each.median()),
+        fmt_ns(parallel.each.quantile(0.99)),
+        fmt_ns(parallel.released.as_nanos() as f64),
+        fmt_kb(parallel.rss_kb),
+        parallel.threads.to_string(),
+        parallel.sessions.to_string(),
+    ];
+    for ((measure, a, b, r), p) in rows.into_iter().zip(from_threads) {
+        detail.row(vec![measure.to_owned(), a, b, r, p]);
     }
     report.detail(detail);
     let met = shared.sessions <= 8
@@ -750,12 +766,13 @@ pub fn many_names(
     report.row(Row {
         what: format!("scale: {n} names held by one process, PostgreSQL (library)"),
         onlyone: format!(
-            "shared (4): all acquired in {} (median {} each), RSS +{}, {} sessions, {} threads; a session per name: {}, RSS +{}, {} sessions, {} threads",
+            "shared (4): all acquired in {} (median {} each), RSS +{}, {} sessions, {} threads; from 4 threads at once: {}; a session per name: {}, RSS +{}, {} sessions, {} threads",
             fmt_ns(shared.acquired.as_nanos() as f64),
             fmt_ns(shared.each.median()),
             fmt_kb(shared.rss_kb),
             shared.sessions,
             shared.threads,
+            fmt_ns(parallel.acquired.as_nanos() as f64),
             fmt_ns(dedicated.acquired.as_nanos() as f64),
             fmt_kb(dedicated.rss_kb),
             dedicated.sessions,
@@ -781,6 +798,7 @@ fn many_names_once(
     cluster: &PgCluster,
     n: usize,
     shared: Option<usize>,
+    callers: usize,
     prefix: &str,
 ) -> Result<ManyNames> {
     let mut backend = PostgresBackend::new(PostgresConfig::new(cluster.url()))?;
@@ -816,16 +834,40 @@ fn many_names_once(
     let (rss_before, _) = memory_kb(std::process::id())?;
     let mut each = Samples::default();
     let mut guards = Vec::with_capacity(n);
-    let start = Instant::now();
-    for i in 0..n {
+    let take = |i: usize| -> Result<(onlyone::Guard, Duration)> {
         let lock = Lock::with_backend(LockName::new(&format!("{prefix}-{i}"))?, backend.clone());
         let one = Instant::now();
         match lock.try_acquire()? {
-            Attempt::Acquired(guard) => guards.push(guard),
+            Attempt::Acquired(guard) => Ok((guard, one.elapsed())),
             Attempt::Held(holder) => bail!("{prefix}-{i} held by {holder}"),
         }
-        each.push(one.elapsed());
-    }
+    };
+    // The callers' threads are started (and counted) before the clock.
+    let start_line = std::sync::Barrier::new(callers + 1);
+    let start = thread::scope(|scope| -> Result<Instant> {
+        let takers: Vec<_> = (0..callers)
+            .map(|caller| {
+                let (take, start_line) = (&take, &start_line);
+                scope.spawn(move || {
+                    start_line.wait();
+                    (caller..n)
+                        .step_by(callers)
+                        .map(take)
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        start_line.wait();
+        let start = Instant::now();
+        for taker in takers {
+            let taken = taker.join().map_err(|_| anyhow!("a caller panicked"))??;
+            for (guard, took) in taken {
+                guards.push(guard);
+                each.push(took);
+            }
+        }
+        Ok(start)
+    })?;
     let acquired = start.elapsed();
     let (rss_after, _) = memory_kb(std::process::id())?;
     let threads_after = threads()?;

@@ -66,20 +66,15 @@ fn registry() -> MutexGuard<'static, Registry> {
 pub(crate) fn register(job: Box<dyn Tick>, interval: Duration) -> Option<Ticket> {
     install_fork_hooks();
     let mut registry = registry();
-    let me = std::process::id();
-    if registry.caller_ticks == Some(me) {
+    if registry.caller_ticks == Some(std::process::id()) {
         // The first job's first tick is an interval away, as on the
         // thread; later jobs share the ticks already due.
         registry.interval = registry.interval.min(interval);
         if registry.jobs.is_empty() {
             registry.due = Instant::now().checked_add(registry.interval);
         }
-    } else if registry.thread_of != Some(me) {
-        std::thread::Builder::new()
-            .name("onlyone-watch".into())
-            .spawn(move || run(interval))
-            .ok()?;
-        registry.thread_of = Some(me);
+    } else if !started(&mut registry, interval) {
+        return None;
     }
     let id = registry.next_id;
     registry.next_id += 1;
@@ -133,6 +128,35 @@ pub(crate) fn tick_if_due() {
     registry.jobs.retain_mut(|(_, job)| job.tick());
     TICKER.set(ticker);
     registry.due = Instant::now().checked_add(registry.interval);
+}
+
+/// Starts the thread now if this process has none, so that a job
+/// registered later (by an acquisition that waits, once the lock is
+/// granted) does not start it then. Without jobs it ticks for a while,
+/// then parks until one is registered. Nothing to start when the caller
+/// ticks ([`tick_on_this_thread`]).
+pub(crate) fn start(interval: Duration) {
+    install_fork_hooks();
+    let mut registry = registry();
+    if registry.caller_ticks != Some(std::process::id()) {
+        let _ = started(&mut registry, interval);
+    }
+}
+
+/// True when this process has the thread, started now if needed.
+fn started(registry: &mut Registry, interval: Duration) -> bool {
+    let me = std::process::id();
+    if registry.thread_of != Some(me) {
+        if std::thread::Builder::new()
+            .name("onlyone-watch".into())
+            .spawn(move || run(interval))
+            .is_err()
+        {
+            return false;
+        }
+        registry.thread_of = Some(me);
+    }
+    true
 }
 
 impl Drop for Ticket {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use crate::supervise::{Outcome, Supervisor};
+use crate::sys;
 use crate::{Attempt, Guard, Holder, Lock, LockName, MAX_SLOTS, Stop, Timing, exit};
 
 use super::output::{self, Level, say};
@@ -105,7 +106,12 @@ pub fn run_command(args: RunArgs) -> anyhow::Result<u8> {
     // The supervisor, on this thread, checks a held file lock from its
     // waits: no thread of the backend's (issue 15).
     crate::supervise::tick_on_this_thread();
-    let Some(guard) = take_lock(&lock, &args)? else {
+    let mut early_guardian = None;
+    let taken = take_lock(&lock, &args, &mut early_guardian);
+    let Some(guard) = taken? else {
+        if let Some(guardian) = early_guardian {
+            guardian.dismiss();
+        }
         return Ok(args.conflict_exit_code.unwrap_or(exit::CONFLICT));
     };
     log::info!(
@@ -113,14 +119,24 @@ pub fn run_command(args: RunArgs) -> anyhow::Result<u8> {
         guard.token().map_or("none".to_owned(), |t| t.to_string())
     );
     let mut supervisor = Supervisor::new(timing)?;
+    if let Some(guardian) = early_guardian {
+        supervisor.adopt_guardian(guardian);
+    }
     let code = supervise(&mut supervisor, &guard, &args)?;
     drop(guard);
     Ok(code)
 }
 
 /// Takes the lock as the flags say: one try, a wait, or replacing the
-/// holder. `None` when it is held by someone else.
-fn take_lock(lock: &Lock, args: &RunArgs) -> anyhow::Result<Option<Guard>> {
+/// holder. `None` when it is held by someone else. Before a wait, the
+/// command's guardian is forked into `guardian`: its fork is then not
+/// between the grant and the command's start (a single try forks it after
+/// winning, as a loser would fork it for nothing).
+fn take_lock(
+    lock: &Lock,
+    args: &RunArgs,
+    guardian: &mut Option<sys::Guardian>,
+) -> anyhow::Result<Option<Guard>> {
     let name = lock.name();
     // The timeout bounds the whole start: the first try's lock-delay, and
     // then the wait for what is left of it.
@@ -154,6 +170,10 @@ fn take_lock(lock: &Lock, args: &RunArgs) -> anyhow::Result<Option<Guard>> {
         Attempt::Held(holder)
     } else {
         let waiting = WaitNotice::start(name, &holder);
+        // Forked with none of the lock's descriptors open (the first try
+        // closed them). Should the fork fail, the supervisor tries again
+        // once the lock is held, and reports it then.
+        *guardian = sys::Guardian::watch().ok();
         let attempt = lock.acquire(left);
         waiting.stop();
         attempt?

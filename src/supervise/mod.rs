@@ -70,6 +70,25 @@ pub struct Supervisor {
     notices: mpsc::Receiver<Notice>,
     wake: Wake,
     stop_signal: Option<i32>,
+    /// The last run's guardian, told to stand down, reaped at the next
+    /// run's start or when the supervisor is dropped: after the caller has
+    /// released the lock, when the supervisor outlives the guard (as in
+    /// `onlyone run`).
+    stood_down: Option<sys::StoodDown>,
+    /// A guardian forked before the lock was waited for (see
+    /// [`Supervisor::adopt_guardian`]), for the next run.
+    guardian: Option<sys::Guardian>,
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if let Some(guardian) = self.stood_down.take() {
+            guardian.reap();
+        }
+        if let Some(guardian) = self.guardian.take() {
+            guardian.dismiss();
+        }
+    }
 }
 
 impl Supervisor {
@@ -125,7 +144,21 @@ impl Supervisor {
             notices,
             wake,
             stop_signal: None,
+            stood_down: None,
+            guardian: None,
         })
+    }
+
+    /// Gives the next run a guardian forked already: `onlyone run` forks
+    /// it before it waits for the lock, so that the grant is not followed
+    /// by that fork too. It was forked holding none of the lock's
+    /// descriptors (and closes what it inherited first thing), and
+    /// guards nothing until the command tells it its group.
+    #[cfg(feature = "cli")]
+    pub(crate) fn adopt_guardian(&mut self, guardian: sys::Guardian) {
+        if let Some(old) = self.guardian.replace(guardian) {
+            old.dismiss();
+        }
     }
 
     /// The signal that asked the supervisor to stop, if one arrived (it was
@@ -182,6 +215,9 @@ impl Supervisor {
         let (program, args) = command
             .split_first()
             .ok_or_else(|| Error::usage("no command given to run"))?;
+        if let Some(guardian) = self.stood_down.take() {
+            guardian.reap();
+        }
         // A lock lost before the start (during a lock-delay or between
         // restarts, or while onlyone was stopped) protects nothing: do not
         // start.
@@ -201,7 +237,7 @@ impl Supervisor {
         // An interactive command gets the terminal: it can read it, and
         // Ctrl-C and Ctrl-Z reach its group directly.
         let mut job = Job::detect();
-        let started = Started::spawn(guard, program.as_ref(), args)?;
+        let started = Started::spawn(guard, program.as_ref(), args, self.guardian.take())?;
         self.report_events(guard);
         let lost = self.watch(guard, &mut job, started.pgid);
         // Before the leader is reaped, its group id is still its own.
@@ -211,7 +247,8 @@ impl Supervisor {
             Some(_) => Duration::ZERO,
             None => self.kill_grace,
         };
-        let code = started.reap(grace)?;
+        let (code, guardian) = started.reap(grace)?;
+        self.stood_down = Some(guardian);
         Ok(match lost {
             Some(reason) => Outcome::Lost { reason, code },
             None => Outcome::Exited(code),

@@ -17,8 +17,10 @@ use crate::sys;
 impl Started {
     /// Collects the command's exit code once it has exited, then stops
     /// what is left of it, giving each process `grace` between SIGTERM and
-    /// SIGKILL.
-    pub(super) fn reap(mut self, grace: Duration) -> Result<u8> {
+    /// SIGKILL. The guardian is told to stand down, and returned to be
+    /// reaped once the lock is released: it holds nothing of the lock's by
+    /// then, and waiting for its exit would delay the release.
+    pub(super) fn reap(mut self, grace: Duration) -> Result<(u8, sys::StoodDown)> {
         let status = self.child.wait().map_err(|e| {
             Error::unavailable("cannot collect the command's exit status").with_source(e)
         })?;
@@ -28,8 +30,8 @@ impl Started {
         stop_group(self.pgid, grace);
         // And what left the group but was handed to us, the subreaper.
         stop_descendants(&self.spared, grace);
-        self.guardian.dismiss();
-        Ok(exit_code(status))
+        let guardian = self.guardian.stand_down();
+        Ok((exit_code(status), guardian))
     }
 }
 

@@ -27,22 +27,33 @@ pub(super) struct Started {
 }
 
 impl Started {
-    /// Starts `program` with `args` under `guard`.
+    /// Starts `program` with `args` under `guard`, with `guardian` if one
+    /// was forked already (before a wait for the lock), else a new one.
     pub(super) fn spawn(
         guard: &Guard,
         program: &OsStr,
         args: &[impl AsRef<OsStr>],
+        guardian: Option<sys::Guardian>,
     ) -> Result<Started> {
         let mut spared = Spared::current_children();
         // The kernel (Linux) kills only the command itself if we die; the
         // guardian kills its whole group. It exists before the command,
         // which tells it its group before exec: no moment is left in which
         // the command runs unguarded.
-        let guardian = sys::Guardian::watch().map_err(|err| {
-            Error::unavailable("cannot start the process that stops the command if onlyone dies")
-                .with_source(err)
-        })?;
-        spared.add(guardian.pid());
+        let guardian = match guardian {
+            // A child already: among those spared.
+            Some(guardian) => guardian,
+            None => {
+                let guardian = sys::Guardian::watch().map_err(|err| {
+                    Error::unavailable(
+                        "cannot start the process that stops the command if onlyone dies",
+                    )
+                    .with_source(err)
+                })?;
+                spared.add(guardian.pid());
+                guardian
+            }
+        };
         let child = match spawn(guard, program, args, Job::gives_terminal(), &guardian) {
             Ok(child) => child,
             Err(err) => {

@@ -383,6 +383,10 @@ pub fn process_group_of(pid: u32) -> Option<u32> {
 pub struct Guardian {
     pid: Pid,
     stand_down: Option<std::os::fd::OwnedFd>,
+    /// The read end of a pipe whose only writer is the guardian's
+    /// inherited copy: end-of-file once the guardian has closed every
+    /// descriptor it inherited (the lock's among them).
+    inherited: Option<std::os::fd::OwnedFd>,
 }
 
 impl Guardian {
@@ -390,6 +394,8 @@ impl Guardian {
     pub fn watch() -> io::Result<Guardian> {
         use std::os::fd::AsRawFd;
         let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let (inherited, held_by_guardian) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let read_fd = read.as_raw_fd();
         // SAFETY: the child only makes async-signal-safe calls (setpgid,
         // signal, close, read, kill, _exit), as required after fork in a
@@ -398,10 +404,14 @@ impl Guardian {
             -1 => Err(io::Error::last_os_error()),
             // SAFETY: this is the forked child, which `guard` requires.
             0 => unsafe { guard(read_fd) },
-            pid => Ok(Guardian {
-                pid: Pid::from_raw(pid).ok_or_else(|| io::Error::other("fork gave pid 0"))?,
-                stand_down: Some(write),
-            }),
+            pid => {
+                drop(held_by_guardian);
+                Ok(Guardian {
+                    pid: Pid::from_raw(pid).ok_or_else(|| io::Error::other("fork gave pid 0"))?,
+                    stand_down: Some(write),
+                    inherited: Some(inherited),
+                })
+            }
         }
     }
 
@@ -432,11 +442,83 @@ impl Guardian {
 
     /// The command ended normally (or never started): the guardian exits
     /// without killing, and is reaped.
-    pub fn dismiss(mut self) {
+    pub fn dismiss(self) {
+        self.stand_down().reap();
+    }
+
+    /// The command's group is gone: tells the guardian to exit without
+    /// killing, and returns once it holds none of the descriptors it
+    /// inherited (it closes them first thing, so this rarely waits), for
+    /// it to be reaped later. From then on it holds no lock and kills
+    /// nothing: a supervisor releases its lock without waiting for the
+    /// guardian to exit, which is then on the lock's release path no more.
+    pub fn stand_down(mut self) -> StoodDown {
         if let Some(write) = self.stand_down.take() {
             let _ = rustix::io::write(&write, &[1]);
         }
-        let _ = rustix::process::waitpid(Some(self.pid), rustix::process::WaitOptions::empty());
+        let closed = self
+            .inherited
+            .take()
+            .is_some_and(|inherited| end_of_file_within(&inherited, INHERITED_CLOSED));
+        if !closed {
+            // Not seen closing them (another copy of the pipe's write end
+            // in a process forked meanwhile, or a descriptor above those a
+            // system without close_range closes): its exit is the proof.
+            let _ = rustix::process::waitpid(Some(self.pid), rustix::process::WaitOptions::empty());
+            return StoodDown { pid: None };
+        }
+        StoodDown {
+            pid: Some(self.pid),
+        }
+    }
+}
+
+/// How long [`Guardian::stand_down`] waits to see the guardian close what
+/// it inherited before it waits for its exit instead.
+const INHERITED_CLOSED: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// True when `pipe` reaches end-of-file within `timeout` (every writer
+/// closed it).
+fn end_of_file_within(pipe: &std::os::fd::OwnedFd, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left = rustix::time::Timespec {
+            tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX),
+            tv_nsec: left.subsec_nanos().into(),
+        };
+        let mut polled = [rustix::event::PollFd::new(
+            pipe,
+            rustix::event::PollFlags::IN,
+        )];
+        match rustix::event::poll(&mut polled, Some(&left)) {
+            Ok(0) => return false,
+            Ok(_) => {
+                let mut byte = [0u8; 1];
+                // Nobody writes to it: readable means end-of-file.
+                return matches!(rustix::io::read(pipe, &mut byte), Ok(0));
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A guardian told to stand down (see [`Guardian::stand_down`]), to be
+/// reaped.
+#[derive(Debug)]
+#[must_use = "a guardian not reaped stays a zombie until this process exits"]
+pub struct StoodDown {
+    /// `None` once reaped.
+    pid: Option<Pid>,
+}
+
+impl StoodDown {
+    /// Waits for the guardian's exit (it was told to exit) and reaps it.
+    pub fn reap(self) {
+        if let Some(pid) = self.pid {
+            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+        }
     }
 }
 

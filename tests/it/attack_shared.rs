@@ -244,14 +244,17 @@ fn a_release_does_not_wait_for_another_threads_new_shared_session() {
         .wait(Some(backend.heartbeat_deadline() * 2))
         .expect("the frozen session is lost");
     // Another thread needs a new session: its connection hangs.
+    let accepted = proxy.accepted();
     let opener = {
         let backend = backend.clone();
         let b = fixture.name("b");
         std::thread::spawn(move || backend.try_acquire(&b, &[]).map(|_| ()))
     };
-    // Time for it to reach the connection attempt (no event to await: the
-    // attempt is inside the library).
-    std::thread::sleep(Duration::from_millis(500));
+    // Its connection attempt has reached the (frozen) network.
+    assert!(
+        proxy.wait_accepted_beyond(accepted, Duration::from_secs(10)),
+        "the other thread's new session never reached the proxy"
+    );
     let released_at = Instant::now();
     drop(guard);
     let took = released_at.elapsed();

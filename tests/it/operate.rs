@@ -102,6 +102,46 @@ fn restart_on_failure_keeps_the_lock_until_success() {
     assert_eq!(stderr(&out).matches("restarting it in").count(), 2);
 }
 
+/// Issue 15: a run's guardian is told to stand down and reaped later (the
+/// lock's release does not wait for its exit); with restarts, each is
+/// reaped at the next run's start, so none is left over: while the fourth
+/// run's command runs, the supervisor's only children are that command
+/// and its guardian.
+#[cfg(target_os = "linux")]
+#[test]
+fn restarts_leave_no_guardian_behind() {
+    let env = TestEnv::new();
+    let count = env.path("count");
+    let script = format!(
+        "n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; if [ $n -ge 4 ]; then echo ready; exec sleep 1000; fi",
+        c = count.display()
+    );
+    let mut holder = env.start(&[
+        "run",
+        "--name",
+        "bot",
+        "--restart",
+        "always",
+        "--restart-delay",
+        "10ms",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    holder.expect_stdout_line("ready");
+    let mut children = Vec::new();
+    for task in fs::read_dir(format!("/proc/{}/task", holder.pid())).unwrap() {
+        let path = task.unwrap().path().join("children");
+        let listed = fs::read_to_string(path).unwrap_or_default();
+        children.extend(listed.split_whitespace().map(str::to_owned));
+    }
+    holder.signal(libc::SIGTERM);
+    let (status, _, err) = holder.finish();
+    assert_eq!(code(status), 143, "{err}");
+    assert_eq!(children.len(), 2, "the supervisor's children: {children:?}");
+}
+
 #[test]
 fn restart_always_stops_on_sigterm() {
     let env = TestEnv::new();

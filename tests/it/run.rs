@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::util::{TestEnv, assert_exit, code, stderr};
 
@@ -167,6 +167,52 @@ fn wait_takes_the_lock_when_the_holder_exits() {
     waiter.expect_stdout_line("ran");
     let (status, _, _) = waiter.finish();
     assert_eq!(code(status), 0);
+}
+
+/// Issue 15: a waiter does before its wait what does not need the lock,
+/// so that only what must follow the grant is between the release and its
+/// command's start. Two parts of it are visible while the waiter is
+/// blocked in flock(2): the lock watch's thread runs, and the command's
+/// guardian is its one child (both used to be started after the grant,
+/// with the record's /proc and user-database reads).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_waiter_forks_its_guardian_before_it_waits_and_has_one_thread() {
+    let env = TestEnv::new();
+    let holder = env.hold_sleeping("early");
+    let mut waiter = env.start(&[
+        "run", "--name", "early", "--wait", "--", "sh", "-c", "echo ran",
+    ]);
+    let blocked = format!(" -> FLOCK  ADVISORY  WRITE {} ", waiter.pid());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string("/proc/locks")
+        .expect("read /proc/locks")
+        .lines()
+        .any(|line| line.contains(&blocked))
+    {
+        assert!(Instant::now() < deadline, "the waiter never blocked");
+        std::thread::yield_now();
+    }
+    let mut tasks = 0;
+    let mut children = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", waiter.pid())).unwrap() {
+        tasks += 1;
+        let listed = std::fs::read_to_string(task.unwrap().path().join("children"));
+        children.extend(
+            listed
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned),
+        );
+    }
+    // The supervisor ticks the lock's checks itself: no watch thread,
+    // before the grant or after it.
+    assert_eq!(tasks, 1, "the waiter's threads while it waits");
+    assert_eq!(children.len(), 1, "the waiter's children: {children:?}");
+    holder.kill();
+    waiter.expect_stdout_line("ran");
+    let (status, _, err) = waiter.finish();
+    assert_eq!(code(status), 0, "{err}");
 }
 
 #[test]

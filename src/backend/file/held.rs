@@ -108,6 +108,19 @@ impl FileHeld {
     }
 }
 
+/// What a holder needs that does not need the lock, done by a starter
+/// that is about to wait for it, so that the kernel's grant is followed by
+/// only what must follow it (the record's token and write, the holder
+/// socket, the pool/plain check): the process's identity for the record
+/// (its start time and boot from /proc, its user name from the user
+/// database), and the thread that watches held lock files. A starter that
+/// tries once does none of it before its try: one that finds the lock
+/// held would have done it for nothing.
+pub(super) fn before_wait() {
+    crate::record::prefetch();
+    ticker::start(WATCH_INTERVAL);
+}
+
 /// The token after `previous`; `None` (with a warning) when the count is
 /// exhausted: a token that wrapped to 0 or repeated would defeat fencing.
 fn next_token(previous: u64, path: &Path) -> Option<u64> {

@@ -106,6 +106,9 @@ impl FileBackend {
         let path = self.path(name);
         let mut named = None;
         let mut wait = deadline;
+        if deadline != Wait::No {
+            held::before_wait();
+        }
         loop {
             let rules = self.prepare_dir()?;
             // Named once the directory exists, so that the name comes from
@@ -371,6 +374,9 @@ impl Backend for FileBackend {
     }
 
     fn acquire_any(&self, names: &[LockName], command: &[String], wait: Wait) -> Result<Attempt> {
+        if wait != Wait::No {
+            held::before_wait();
+        }
         let first = rounds(
             wait,
             || (),

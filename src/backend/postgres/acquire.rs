@@ -300,6 +300,16 @@ impl PostgresBackend {
         session: &mut Session,
         name: &LockName,
     ) -> Result<Option<(String, bool)>> {
+        let check = self.pool_and_plain_check(name)?;
+        let rows = session
+            .query_typed(&check.sql, &check.params())
+            .map_err(|failure| session.error(check.doing(), failure))?;
+        Ok(check.read(&rows))
+    }
+
+    /// The statement of [`PostgresBackend::pool_and_plain_mix`], to be
+    /// sent by the caller (a shared session sends it with the commit).
+    pub(super) fn pool_and_plain_check(&self, name: &LockName) -> Result<MixCheck> {
         const HELD: &str = "EXISTS (SELECT 1 FROM pg_locks l \
              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
@@ -312,15 +322,11 @@ impl PostgresBackend {
                  FROM (SELECT $1::bigint AS k) s",
                 self.table.sql
             );
-            let rows = session
-                .query_typed(&sql, &[(&key, Type::INT8)])
-                .map_err(|failure| {
-                    session.error("looking for the plain lock of the pool", failure)
-                })?;
-            let (held, unreleased) = rows.first().map_or((false, false), |row| {
-                (row.get::<_, bool>(0), row.get::<_, bool>(1))
+            return Ok(MixCheck {
+                sql,
+                name: name.clone(),
+                of: MixOf::Slot { base, key },
             });
-            return Ok((held || unreleased).then(|| (base.to_string(), held)));
         }
         // Every row whose name starts with `NAME@`; which of them are slots
         // of `name` is decided as for any stored name. Held ones first.
@@ -332,15 +338,11 @@ impl PostgresBackend {
             self.table.sql
         );
         let length = i32::try_from(prefix.chars().count()).unwrap_or(i32::MAX);
-        let rows = session
-            .query_typed(&sql, &[(&prefix, Type::TEXT), (&length, Type::INT4)])
-            .map_err(|failure| session.error("looking for slots of the lock", failure))?;
-        Ok(rows
-            .iter()
-            .map(|row| (row.get::<_, String>(0), row.get::<_, bool>(1)))
-            .find(|(stored, _)| {
-                LockName::from_stored(stored).is_some_and(|slot| slot.is_slot_of(name))
-            }))
+        Ok(MixCheck {
+            sql,
+            name: name.clone(),
+            of: MixOf::Plain { prefix, length },
+        })
     }
 
     /// Who holds the lock `key`, as seen right after failing to take it.
@@ -367,5 +369,58 @@ pub(super) fn lost_before_start(err: Error) -> Error {
         Error::lost(format!("lost the lock before its command started: {err}")).ending_session(true)
     } else {
         err
+    }
+}
+
+/// The pool/plain check of one name (see
+/// [`PostgresBackend::pool_and_plain_mix`]): its statement, its
+/// parameters, and what its rows say.
+pub(super) struct MixCheck {
+    pub(super) sql: String,
+    name: LockName,
+    of: MixOf,
+}
+
+enum MixOf {
+    /// A slot: the plain lock of its pool's name.
+    Slot { base: LockName, key: i64 },
+    /// A plain lock: the rows named `prefix`…
+    Plain { prefix: String, length: i32 },
+}
+
+impl MixCheck {
+    pub(super) fn params(&self) -> Vec<(&(dyn tokio_postgres::types::ToSql + Sync), Type)> {
+        match &self.of {
+            MixOf::Slot { key, .. } => vec![(key, Type::INT8)],
+            MixOf::Plain { prefix, length } => {
+                vec![(prefix, Type::TEXT), (length, Type::INT4)]
+            }
+        }
+    }
+
+    /// What the statement is doing, for its error.
+    pub(super) fn doing(&self) -> &'static str {
+        match self.of {
+            MixOf::Slot { .. } => "looking for the plain lock of the pool",
+            MixOf::Plain { .. } => "looking for slots of the lock",
+        }
+    }
+
+    /// The other kind in use, and whether it is held.
+    pub(super) fn read(&self, rows: &[tokio_postgres::Row]) -> Option<(String, bool)> {
+        match &self.of {
+            MixOf::Slot { base, .. } => {
+                let (held, unreleased) = rows.first().map_or((false, false), |row| {
+                    (row.get::<_, bool>(0), row.get::<_, bool>(1))
+                });
+                (held || unreleased).then(|| (base.to_string(), held))
+            }
+            MixOf::Plain { .. } => rows
+                .iter()
+                .map(|row| (row.get::<_, String>(0), row.get::<_, bool>(1)))
+                .find(|(stored, _)| {
+                    LockName::from_stored(stored).is_some_and(|slot| slot.is_slot_of(&self.name))
+                }),
+        }
     }
 }

@@ -33,7 +33,7 @@ pub const STALE_TOKEN_SQLSTATE: &str = "ON001";
 /// The advisory key that fenced transactions of `name` hold shared.
 /// Derived as a lock name's from `NAME@fence` (`@` never appears in a lock
 /// name, so it is no lock's key).
-fn fence_key(name: &LockName) -> i64 {
+pub(super) fn fence_key(name: &LockName) -> i64 {
     derive_key(&format!("{}@fence", name.as_str()))
 }
 

@@ -71,6 +71,50 @@ pub(super) struct Session {
     /// the statement's own deadline. Past it the statement fails as
     /// unanswered.
     cutoff: Option<Instant>,
+    /// On a shared session: the statements prepared once and kept, by
+    /// their text (see [`Session::keep_statements`]).
+    kept: Option<std::sync::Mutex<std::collections::HashMap<String, Statement>>>,
+    /// Statements without parameters (and without an answer that matters
+    /// before the next one) sent ahead of the next statement, in its
+    /// round trip (see [`Session::send_ahead`]).
+    ahead: std::sync::Mutex<String>,
+}
+
+/// How many statements a session keeps prepared at most: the few an
+/// acquisition, a release and a heartbeat run over and over.
+const KEPT_STATEMENTS: usize = 32;
+
+/// Runs `first` and `second` together, `first` polled first: the driver
+/// sends each request when it is first polled, so both are on their way
+/// before either is answered.
+async fn both<A: Future, B: Future>(first: A, second: B) -> (A::Output, B::Output) {
+    use std::task::Poll;
+    let mut first = std::pin::pin!(first);
+    let mut second = std::pin::pin!(second);
+    let (mut a, mut b) = (None, None);
+    std::future::poll_fn(|cx| {
+        if a.is_none()
+            && let Poll::Ready(out) = first.as_mut().poll(cx)
+        {
+            a = Some(out);
+        }
+        if b.is_none()
+            && let Poll::Ready(out) = second.as_mut().poll(cx)
+        {
+            b = Some(out);
+        }
+        if a.is_some() && b.is_some() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    match (a, b) {
+        (Some(a), Some(b)) => (a, b),
+        // Ready only once both are.
+        _ => unreachable!("both futures are done"),
+    }
 }
 
 /// What woke [`Session::wait_until`].
@@ -145,6 +189,8 @@ impl Session {
             notifications,
             ended,
             cutoff: None,
+            kept: None,
+            ahead: std::sync::Mutex::new(String::new()),
         };
         session.configure()?;
         Ok(session)
@@ -274,6 +320,18 @@ impl Session {
         deadline: Option<Duration>,
         request: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
     ) -> std::result::Result<T, Failure> {
+        let ahead = std::mem::take(&mut *self.ahead.lock().unwrap_or_else(|e| e.into_inner()));
+        let request = async {
+            if ahead.is_empty() {
+                return request.await;
+            }
+            // Both sent before either answer is read: the driver writes
+            // each request when first polled, in this order, and the
+            // server runs them in that order.
+            let (sent_ahead, answer) = both(self.client.batch_execute(&ahead), request).await;
+            sent_ahead?;
+            answer
+        };
         let deadline = match (deadline, self.cutoff) {
             (deadline, None) => deadline,
             (None, Some(cutoff)) => Some(cutoff.saturating_duration_since(Instant::now())),
@@ -337,6 +395,159 @@ impl Session {
         })
     }
 
+    /// Keeps every statement run by [`Session::query`] and
+    /// [`Session::query_typed`] prepared, to be run again in one round
+    /// trip, planned once (a shared session runs the same few statements
+    /// for every name; a dedicated session does not keep them). The
+    /// statements read the catalog and the rows when they run, so a
+    /// change since they were prepared is seen as before.
+    pub fn keep_statements(&mut self) {
+        self.kept = Some(std::sync::Mutex::new(std::collections::HashMap::new()));
+    }
+
+    /// The statement kept for `sql`, if any.
+    fn kept(&self, sql: &str) -> Option<Statement> {
+        let kept = self.kept.as_ref()?;
+        kept.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sql)
+            .cloned()
+    }
+
+    /// Keeps `statement` for `sql` (while there is room), or forgets the
+    /// one kept when it failed (a statement whose result would change
+    /// shape is prepared again next time).
+    fn keep(&self, sql: &str, statement: Option<Statement>) {
+        let Some(kept) = self.kept.as_ref() else {
+            return;
+        };
+        let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+        match statement {
+            Some(statement) if kept.len() < KEPT_STATEMENTS => {
+                kept.insert(sql.to_owned(), statement);
+            }
+            Some(_) => {}
+            None => {
+                kept.remove(sql);
+            }
+        }
+    }
+
+    /// [`Session::query`] or [`Session::query_typed`] on a session that
+    /// keeps its statements: prepared once (with `types`, when given).
+    fn query_kept(
+        &self,
+        deadline: Duration,
+        sql: &str,
+        types: Option<&[Type]>,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Vec<Row>, Failure> {
+        let kept = self.kept(sql);
+        let fresh = kept.is_none();
+        let answer = self.call(Some(deadline), async {
+            let statement = match kept {
+                Some(statement) => statement,
+                None => match types {
+                    Some(types) => self.client.prepare_typed(sql, types).await?,
+                    None => self.client.prepare(sql).await?,
+                },
+            };
+            let rows = self.client.query(&statement, params).await?;
+            Ok((statement, rows))
+        });
+        match answer {
+            Ok((statement, rows)) => {
+                if fresh {
+                    self.keep(sql, Some(statement));
+                }
+                Ok(rows)
+            }
+            Err(failure) => {
+                self.keep(sql, None);
+                Err(failure)
+            }
+        }
+    }
+
+    /// Has `statements` (without parameters) sent just ahead of the next
+    /// statement, in the same round trip: for statements whose answer
+    /// nothing waits for, such as a setting for the statements after them.
+    /// A failure of theirs is the next statement's failure.
+    pub fn send_ahead(&self, statements: &str) {
+        let mut ahead = self.ahead.lock().unwrap_or_else(|e| e.into_inner());
+        if !ahead.is_empty() {
+            ahead.push_str("; ");
+        }
+        ahead.push_str(statements);
+    }
+
+    /// `statements` (without parameters) and then a query, in one round
+    /// trip: the query is sent before the statements are answered, and its
+    /// answer is the second (it ran after them, whatever they did).
+    pub fn batch_then_query_typed(
+        &self,
+        statements: &str,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> (
+        std::result::Result<(), Failure>,
+        std::result::Result<Vec<Row>, Failure>,
+    ) {
+        // On a session that keeps its statements, the query's is prepared
+        // first (once).
+        let kept = match (&self.kept, self.kept(sql)) {
+            (Some(_), None) => {
+                let types: Vec<Type> = params.iter().map(|(_, ty)| ty.clone()).collect();
+                match self.call(
+                    Some(ANSWER_DEADLINE),
+                    self.client.prepare_typed(sql, &types),
+                ) {
+                    Ok(statement) => {
+                        self.keep(sql, Some(statement.clone()));
+                        Some(statement)
+                    }
+                    Err(failure) => return (Err(failure), Err(Failure::Silent(Duration::ZERO))),
+                }
+            }
+            (_, kept) => kept,
+        };
+        let mut answer = None;
+        let done = self.call(Some(ANSWER_DEADLINE), async {
+            let (done, rows) = match &kept {
+                Some(statement) => {
+                    let values: Vec<&(dyn ToSql + Sync)> =
+                        params.iter().map(|(value, _)| *value).collect();
+                    both(
+                        self.client.batch_execute(statements),
+                        self.client.query(statement, &values),
+                    )
+                    .await
+                }
+                None => {
+                    both(
+                        self.client.batch_execute(statements),
+                        self.client.query_typed(sql, params),
+                    )
+                    .await
+                }
+            };
+            answer = Some(rows);
+            done
+        });
+        if kept.is_some() && !matches!(answer, Some(Ok(_))) {
+            self.keep(sql, None);
+        }
+        let rows = match answer {
+            Some(rows) => rows.map_err(|err| self.failure(err)),
+            // Not answered in time: as the statements.
+            None => Err(match &done {
+                Err(Failure::Silent(deadline)) => Failure::Silent(*deadline),
+                _ => Failure::Silent(ANSWER_DEADLINE),
+            }),
+        };
+        (done, rows)
+    }
+
     /// Statements without parameters, in one round trip.
     pub fn batch(&self, sql: &str) -> std::result::Result<(), Failure> {
         self.call(Some(ANSWER_DEADLINE), self.client.batch_execute(sql))
@@ -348,6 +559,9 @@ impl Session {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> std::result::Result<Vec<Row>, Failure> {
+        if self.kept.is_some() {
+            return self.query_kept(ANSWER_DEADLINE, sql, None, params);
+        }
         self.call(Some(ANSWER_DEADLINE), self.client.query(sql, params))
     }
 
@@ -367,7 +581,7 @@ impl Session {
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> std::result::Result<Vec<Row>, Failure> {
-        self.call(Some(ANSWER_DEADLINE), self.client.query_typed(sql, params))
+        self.query_typed_within(ANSWER_DEADLINE, sql, params)
     }
 
     /// [`Session::query_typed`], answered within `deadline`.
@@ -377,6 +591,11 @@ impl Session {
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> std::result::Result<Vec<Row>, Failure> {
+        if self.kept.is_some() {
+            let types: Vec<Type> = params.iter().map(|(_, ty)| ty.clone()).collect();
+            let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(value, _)| *value).collect();
+            return self.query_kept(deadline, sql, Some(&types), &values);
+        }
         self.call(Some(deadline), self.client.query_typed(sql, params))
     }
 

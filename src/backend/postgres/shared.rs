@@ -271,6 +271,8 @@ impl PostgresBackend {
     /// Opens a shared session and starts its thread.
     fn open_shared(&self, deadline: Option<Instant>) -> Result<Slot> {
         let mut session = self.open("shared", deadline)?;
+        // The same few statements for every name: prepared once each.
+        session.keep_statements();
         // As a holder's session: the server ends it once its heartbeats
         // stop (a stopped or cut-off process), which frees every key.
         session.expire_when_idle(self.idle_limit())?;
@@ -630,28 +632,18 @@ impl Worker {
                 cutoff.saturating_duration_since(Instant::now())
             });
         let millis = (left / 2).as_millis().max(1);
+        // Both settings go with the next statement, in its round trip: the
+        // bound with the request's first, the reset with whatever comes
+        // next (a heartbeat, the next request). A failure to set either is
+        // that statement's.
         self.session
-            .batch(&format!("SET lock_timeout = {millis}"))
-            .map_err(|failure| {
-                Lost(
-                    self.session
-                        .error("bounding lock waits", failure)
-                        .to_string(),
-                )
-            })?;
+            .send_ahead(&format!("SET lock_timeout = {millis}"));
         self.serve_bounded(request)?;
         // A take may have placed the session's first name: from now on
         // every statement is cut off at the cutoff.
         self.cut_off();
-        self.session
-            .batch("SET lock_timeout = 0")
-            .map_err(|failure| {
-                Lost(
-                    self.session
-                        .error("bounding lock waits", failure)
-                        .to_string(),
-                )
-            })
+        self.session.send_ahead("SET lock_timeout = 0");
+        Ok(())
     }
 
     fn serve_bounded(&mut self, request: Request) -> std::result::Result<(), Lost> {
@@ -727,6 +719,9 @@ impl Worker {
             Err(err) => {
                 if !err.ended_session() {
                     self.unlock(key)?;
+                    // It may have listened (with the token's commit).
+                    self.session
+                        .send_ahead(&format!("UNLISTEN {}", stop_channel_sql(key)));
                 }
                 Err(err)
             }
@@ -759,7 +754,6 @@ impl Worker {
             .refuse_other_tables(session, key)
             .map_err(lost_before_start)?;
         let lost_here = lost.filter(|(lost_key, _)| *lost_key == key);
-        let begun = backend.table.begin_excluding_fenced_now(session, name);
         // The row, taken with a wait shorter than the session's cutoff:
         // a row (or the table) locked by another transaction (an
         // operator's, a fenced one begun since) costs this name its take
@@ -770,22 +764,26 @@ impl Worker {
             .map_or(Duration::ZERO, |cutoff| {
                 cutoff.saturating_duration_since(Instant::now())
             });
-        let begun = match begun {
-            Ok(true) => {
-                let row = format!(
-                    "SET LOCAL lock_timeout = {}; SELECT 1 FROM {} WHERE key = {key} FOR UPDATE",
-                    (left / 2).as_millis().max(1),
-                    backend.table.sql
-                );
-                match session.batch(&row) {
-                    Ok(()) => Ok(true),
-                    Err(failure) if failure.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
-                        Ok(false)
-                    }
-                    Err(failure) => Err(session.error("locking the lock's row", failure)),
-                }
-            }
-            other => other,
+        // The token's transaction, excluding fenced transactions now (as
+        // `begin_excluding_fenced_now`), and the row locked only if they
+        // are excluded: one round trip. Both a fence key still taken and
+        // a row locked elsewhere send the name to a dedicated session.
+        let begin = format!(
+            "BEGIN; SET LOCAL lock_timeout = {millis}; \
+             SELECT f.free, (SELECT count(*) FROM (SELECT 1 FROM {table} \
+                             WHERE key = {key} AND f.free FOR UPDATE) r) \
+             FROM (SELECT pg_try_advisory_xact_lock('{fence}'::bigint) AS free) f",
+            millis = (left / 2).as_millis().max(1),
+            table = backend.table.sql,
+            fence = super::fence::fence_key(name),
+        );
+        let begun = match session.simple_query_row(&begin) {
+            Ok(row) => Ok(row
+                .and_then(|row| row.into_iter().next().flatten())
+                .as_deref()
+                == Some("t")),
+            Err(failure) if failure.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(false),
+            Err(failure) => Err(session.error("waiting for fenced transactions", failure)),
         };
         let recorded = match begun {
             Ok(true) => backend.table.record_acquisition(
@@ -805,14 +803,39 @@ impl Worker {
             }
             Err(err) => Err(err),
         };
-        let end = match recorded {
-            Ok(Some(_)) => "COMMIT",
-            _ => "ROLLBACK",
+        // With the token recorded: the stop channel is listened to from
+        // the commit on (a LISTEN in a transaction takes effect at its
+        // commit, and is undone with it), and the pool/plain check is sent
+        // in the same round trip, run after the commit.
+        let check = match recorded {
+            Ok(Some(_)) => Some(backend.pool_and_plain_check(name)),
+            _ => None,
         };
-        let recorded = match session.batch(end) {
-            Ok(()) => recorded,
-            Err(failure) => {
-                recorded.and(Err(session.error("recording the fencing token", failure)))
+        let proof = Instant::now();
+        let (ended, mix) = match &check {
+            Some(Ok(check)) => {
+                let (ended, rows) = session.batch_then_query_typed(
+                    &format!("LISTEN {}; COMMIT", stop_channel_sql(key)),
+                    &check.sql,
+                    &check.params(),
+                );
+                let mix = rows
+                    .map(|rows| check.read(&rows))
+                    .map_err(|failure| session.error(check.doing(), failure));
+                (ended, Some(mix))
+            }
+            _ => (session.batch("ROLLBACK"), None),
+        };
+        let recorded = match (ended, check) {
+            (Ok(()), Some(Err(err))) => Err(err),
+            (Ok(()), _) => recorded,
+            (Err(failure), _) => {
+                let err = session.error("recording the fencing token", failure);
+                if !err.ended_session() {
+                    // A LISTEN that failed left the transaction aborted.
+                    session.send_ahead("ROLLBACK");
+                }
+                recorded.and(Err(err))
             }
         }
         .map_err(lost_before_start)?;
@@ -822,9 +845,12 @@ impl Worker {
         };
         let token = acquisition.token;
         record.token = token;
-        if let Some((other, held)) = backend
-            .pool_and_plain_mix(session, name)
-            .map_err(|err| lost_before_start(err).losing_start(key, token))?
+        let mix = match mix {
+            Some(mix) => mix,
+            None => backend.pool_and_plain_mix(session, name),
+        };
+        if let Some((other, held)) =
+            mix.map_err(|err| lost_before_start(err).losing_start(key, token))?
         {
             // Let go of at once (by `take`). Nothing ran, so the release
             // is clean, unless a previous holder's command may still run.
@@ -841,13 +867,6 @@ impl Worker {
                 crate::backend::pool_and_plain_mix_unreleased(&base, &other)
             });
         }
-        let proof = Instant::now();
-        self.session
-            .batch(&format!("LISTEN {}", stop_channel_sql(key)))
-            .map_err(|failure| {
-                lost_before_start(self.session.error("listening for stop requests", failure))
-                    .losing_start(key, token)
-            })?;
         let loss = LossWatch::proven_by_checks(self.backend.heartbeat_deadline());
         loss.proven(proof);
         self.names.insert(
@@ -898,12 +917,10 @@ impl Worker {
         self.session
             .unlock(key, deadline)
             .map_err(|err| err.ending_session(true))?;
+        // Sent with the next statement: a stop request announced for the
+        // key meanwhile only makes the rows be read (no name has its token).
         self.session
-            .batch(&format!("UNLISTEN {}", stop_channel_sql(key)))
-            .map_err(|failure| {
-                self.session
-                    .error("no longer listening for its stop requests", failure)
-            })?;
+            .send_ahead(&format!("UNLISTEN {}", stop_channel_sql(key)));
         marked
     }
 

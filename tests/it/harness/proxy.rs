@@ -25,7 +25,8 @@ pub struct Proxy {
 struct Shared {
     target: SocketAddr,
     state: Mutex<State>,
-    /// Signalled whenever `frozen`, `generation` or `shutting_down` changes.
+    /// Signalled whenever `frozen`, `generation`, `accepted` or
+    /// `shutting_down` changes.
     changed: Condvar,
 }
 
@@ -34,6 +35,8 @@ struct State {
     /// Bumped by `cut`: connections of an older generation are dead.
     generation: u64,
     shutting_down: bool,
+    /// Connections accepted (and connected to the target) so far.
+    accepted: u64,
     /// Weak, so that a connection closes as soon as both its threads end.
     connections: Vec<Weak<Connection>>,
     forwarders: Vec<JoinHandle<()>>,
@@ -56,6 +59,7 @@ impl Proxy {
                 frozen: false,
                 generation: 0,
                 shutting_down: false,
+                accepted: 0,
                 connections: Vec::new(),
                 forwarders: Vec::new(),
             }),
@@ -78,6 +82,23 @@ impl Proxy {
     /// Where clients connect.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How many connections the proxy has accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.shared.lock().accepted
+    }
+
+    /// Waits until the proxy has accepted more than `count` connections
+    /// (a client has reached it, even while frozen); false after `timeout`.
+    pub fn wait_accepted_beyond(&self, count: u64, timeout: Duration) -> bool {
+        let state = self.shared.lock();
+        let (state, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(state, timeout, |state| state.accepted <= count)
+            .unwrap_or_else(PoisonError::into_inner);
+        state.accepted > count
     }
 
     /// Stops forwarding in both directions, on existing and new connections,
@@ -185,6 +206,8 @@ fn add_connection(shared: &Arc<Shared>, client: TcpStream, server: TcpStream) {
         .connections
         .retain(|connection| connection.strong_count() > 0);
     state.connections.push(Arc::downgrade(&connection));
+    state.accepted += 1;
+    shared.changed.notify_all();
     state
         .forwarders
         .retain(|forwarder| !forwarder.is_finished());
