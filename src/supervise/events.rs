@@ -187,6 +187,26 @@ impl Supervisor {
                     Notice::Lost(_) | Notice::StopRequested(_) => {}
                 }
             }
+            // A lock held through checks (a database session) whose last
+            // check no longer vouches for it: its checker is stuck (a
+            // heartbeat thread blocked on a full stderr) and declared
+            // nothing, while the server ends its silent session and a
+            // successor may start after its lock-delay. Stopped as on a
+            // loss (adv-run finding 2).
+            let expires = guard.loss_watch().proof_expires();
+            if lost.is_none() && expires.is_some_and(|at| at <= Instant::now()) {
+                let reason =
+                    "the lock was not proven held within its heartbeat deadline".to_owned();
+                if self.kill_grace.is_zero() {
+                    let _ = sys::signal_group(pgid, SIGKILL);
+                } else {
+                    let _ = sys::signal_group(pgid, SIGTERM);
+                    kill_at = Instant::now().checked_add(self.kill_grace);
+                }
+                guard.loss_watch().fire(reason.clone());
+                log::error!("{reason}; stopping the command");
+                lost = Some(reason);
+            }
             // Checked after the signals were read: a SIGCHLD that comes
             // after this look leaves its byte for the sleep.
             loop {
@@ -216,7 +236,8 @@ impl Supervisor {
                 }
                 None => job.next_look(),
             };
-            let wake = kill_at.into_iter().chain(look_at).min();
+            let expires = lost.is_none().then_some(expires).flatten();
+            let wake = kill_at.into_iter().chain(look_at).chain(expires).min();
             self.sleep_until(wake);
         }
     }

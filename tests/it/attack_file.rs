@@ -573,7 +573,10 @@ fn lost_lock_stops_the_command_even_when_stderr_is_blocked() {
         {
             break pid;
         }
-        assert!(start.elapsed() < crate::util::EVENT_TIMEOUT, "never started");
+        assert!(
+            start.elapsed() < crate::util::EVENT_TIMEOUT,
+            "never started"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     };
     // Fill the pipe through a file description of our own (O_NONBLOCK on

@@ -30,6 +30,8 @@ elif mode == "symlink":
 elif mode == "env":
     dirargs, lockdir = [], real
     env = {"PATH": "/usr/bin:/bin", "ONLYONE_DIR": real}
+elif mode == "pool":
+    dirargs, lockdir = ["--dir", real], real
 else:
     dirargs, lockdir = [], "/dev/shm/onlyone-%d" % os.getuid()
     env = {"PATH": "/usr/bin:/bin"}
@@ -51,6 +53,14 @@ def worker():
     while time.monotonic() < stop:
         cmd = [onlyone, "run", *dirargs, "--name", name, "--wait", "-v", "--kill-grace", "200ms", "--",
                "sh", "-c", WRAP, "sh", witness, random.choice(["0.01", "0.1", "0.3"])]
+        if mode == "pool":
+            t = random.choice(["0.01", "0.1", "0.3"])
+            if random.random() < 0.75:
+                cmd = [onlyone, "run", *dirargs, "--name", name, "--max", "2", "--wait", "--kill-grace", "200ms", "--",
+                       "sh", "-c", 'exec flock -n -E 99 "$1.$ONLYONE_SLOT" sleep "$2"', "sh", witness, t]
+            else:
+                cmd = [onlyone, "run", *dirargs, "--name", name, "--wait", "--kill-grace", "200ms", "--",
+                       "flock", "-n", "-E", "99", witness + ".1", "flock", "-n", "-E", "99", witness + ".2", "sleep", t]
         p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         with plock:
             procs.append(p)
@@ -84,7 +94,8 @@ def chaos():
                 time.sleep(random.uniform(0.01, 0.3))
                 v.send_signal(signal.SIGCONT)
             elif op == "rmfile":
-                os.unlink(os.path.join(lockdir, name + ".lock"))
+                files = [f for f in os.listdir(lockdir) if f.startswith(name)] or [name + ".lock"]
+                os.unlink(os.path.join(lockdir, random.choice(files)))
             elif op == "rmdir":
                 shutil.rmtree(lockdir)
             elif op == "renamedir":
