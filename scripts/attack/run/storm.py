@@ -42,6 +42,11 @@ t0=$(date +%s.%N)
 flock -n -E 99 "$1" sleep "$2"; rc=$?
 echo "sup=$PPID cmd=$$ tok=$ONLYONE_TOKEN ino=$ino sock=$sock $t0 $(date +%s.%N) rc=$rc" >> "$1.log"
 exit $rc'''
+# STORM_LIGHT=1: the witness first, nothing read before it (bash's clock).
+if os.environ.get("STORM_LIGHT"):
+    WRAP = r'''t0=$EPOCHREALTIME; flock -n -E 99 "$1" sleep "$2"; rc=$?
+echo "sup=$PPID cmd=$$ tok=$ONLYONE_TOKEN ino=- sock=- $t0 $EPOCHREALTIME rc=$rc" >> "$1.log"
+exit $rc'''
 codes = collections.Counter()
 procs = []
 plock = threading.Lock()
@@ -52,7 +57,7 @@ errs = collections.Counter()
 def worker():
     while time.monotonic() < stop:
         cmd = [onlyone, "run", *dirargs, "--name", name, "--wait", "-v", "--kill-grace", "200ms", "--",
-               "sh", "-c", WRAP, "sh", witness, random.choice(["0.01", "0.1", "0.3"])]
+               "bash" if os.environ.get("STORM_LIGHT") else "sh", "-c", WRAP, "sh", witness, random.choice(["0.01", "0.1", "0.3"])]
         if mode == "pool":
             t = random.choice(["0.01", "0.1", "0.3"])
             if random.random() < 0.75:
