@@ -18,6 +18,13 @@ use super::job::Job;
 use crate::backend::{Guard, ticker};
 use crate::sys;
 
+/// How long after the last check stopped vouching for a lock held through
+/// checks the supervisor declares the loss itself: the checker (the
+/// heartbeat thread) declares it at the deadline, with its own reason,
+/// unless it is stuck. Well under the 2 s by which the lock-delay exceeds
+/// the deadline and the kill grace.
+const CHECKER_SLACK: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// What the guard's watch (another thread) tells the supervisor.
 pub(super) enum Notice {
     /// The lock was lost, and why.
@@ -193,7 +200,10 @@ impl Supervisor {
             // nothing, while the server ends its silent session and a
             // successor may start after its lock-delay. Stopped as on a
             // loss (adv-run finding 2).
-            let expires = guard.loss_watch().proof_expires();
+            let expires = guard
+                .loss_watch()
+                .proof_expires()
+                .and_then(|at| at.checked_add(CHECKER_SLACK));
             if lost.is_none() && expires.is_some_and(|at| at <= Instant::now()) {
                 let reason =
                     "the lock was not proven held within its heartbeat deadline".to_owned();
