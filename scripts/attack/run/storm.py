@@ -45,6 +45,12 @@ exit $rc'''
 # STORM_LIGHT=1: the witness first, nothing read before it (bash's clock).
 if os.environ.get("STORM_LIGHT"):
     WRAP = r'''t0=$EPOCHREALTIME; flock -n -E 99 "$1" sleep "$2"; rc=$?
+if [ $rc = 99 ]; then
+  find /proc/[0-9]*/fd -lname "$1" -o -lname "*/locks*/storm*" 2>/dev/null | while read f; do
+    p=${f#/proc/}; p=${p%%/*}; echo "DUMP $f -> $(readlink $f) state=$(cut -d' ' -f3 /proc/$p/stat) ppid=$(cut -d' ' -f4 /proc/$p/stat) pgid=$(cut -d' ' -f5 /proc/$p/stat) cmd=$(tr '\0' ' ' < /proc/$p/cmdline)" >&2
+  done
+  echo "DUMP me=$$ sup=$PPID token=$ONLYONE_TOKEN lock=$(ls -li "$ONLYONE_LOCK_FILE" 2>&1)" >&2
+fi
 echo "sup=$PPID cmd=$$ tok=$ONLYONE_TOKEN ino=- sock=- $t0 $EPOCHREALTIME rc=$rc" >> "$1.log"
 exit $rc'''
 codes = collections.Counter()
