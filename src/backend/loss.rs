@@ -118,6 +118,17 @@ impl LossWatch {
         }
     }
 
+    /// When the last check that found the lock held stops vouching for
+    /// it, for a lock held through checks (`None` for a kernel lock, and
+    /// before the first check). Whoever runs what the lock protects can
+    /// hold the checker to it: a checker stuck (a heartbeat thread blocked
+    /// writing to a full stderr) declares no loss, and its session is
+    /// ended by the server all the same.
+    pub(crate) fn proof_expires(&self) -> Option<Instant> {
+        let state = self.state();
+        state.last_proof?.checked_add(state.checks_vouch_for?)
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, LossState> {
         self.0.0.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -18,6 +18,13 @@ use super::job::Job;
 use crate::backend::{Guard, ticker};
 use crate::sys;
 
+/// How long after the last check stopped vouching for a lock held through
+/// checks the supervisor declares the loss itself: the checker (the
+/// heartbeat thread) declares it at the deadline, with its own reason,
+/// unless it is stuck. Well under the 2 s by which the lock-delay exceeds
+/// the deadline and the kill grace.
+const CHECKER_SLACK: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// What the guard's watch (another thread) tells the supervisor.
 pub(super) enum Notice {
     /// The lock was lost, and why.
@@ -143,14 +150,18 @@ impl Supervisor {
             while let Ok(notice) = self.notices.try_recv() {
                 match notice {
                     Notice::Lost(reason) if lost.is_none() => {
+                        // The signal before the line: a write to a stderr
+                        // that takes no more (a stalled logger's pipe)
+                        // blocks, and must not keep the command running
+                        // beside the next holder.
                         if self.kill_grace.is_zero() {
-                            log::error!("{reason}; killing the command (SIGKILL)");
                             let _ = sys::signal_group(pgid, SIGKILL);
+                            log::error!("{reason}; killing the command (SIGKILL)");
                         } else {
-                            log::error!("{reason}; stopping the command");
                             let _ = sys::signal_group(pgid, SIGTERM);
                             // A grace too long to add to the clock never ends.
                             kill_at = Instant::now().checked_add(self.kill_grace);
+                            log::error!("{reason}; stopping the command");
                         }
                         lost = Some(reason);
                     }
@@ -183,6 +194,29 @@ impl Supervisor {
                     Notice::Lost(_) | Notice::StopRequested(_) => {}
                 }
             }
+            // A lock held through checks (a database session) whose last
+            // check no longer vouches for it: its checker is stuck (a
+            // heartbeat thread blocked on a full stderr) and declared
+            // nothing, while the server ends its silent session and a
+            // successor may start after its lock-delay. Stopped as on a
+            // loss (adv-run finding 2).
+            let expires = guard
+                .loss_watch()
+                .proof_expires()
+                .and_then(|at| at.checked_add(CHECKER_SLACK));
+            if lost.is_none() && expires.is_some_and(|at| at <= Instant::now()) {
+                let reason =
+                    "the lock was not proven held within its heartbeat deadline".to_owned();
+                if self.kill_grace.is_zero() {
+                    let _ = sys::signal_group(pgid, SIGKILL);
+                } else {
+                    let _ = sys::signal_group(pgid, SIGTERM);
+                    kill_at = Instant::now().checked_add(self.kill_grace);
+                }
+                guard.loss_watch().fire(reason.clone());
+                log::error!("{reason}; stopping the command");
+                lost = Some(reason);
+            }
             // Checked after the signals were read: a SIGCHLD that comes
             // after this look leaves its byte for the sleep.
             loop {
@@ -212,7 +246,8 @@ impl Supervisor {
                 }
                 None => job.next_look(),
             };
-            let wake = kill_at.into_iter().chain(look_at).min();
+            let expires = lost.is_none().then_some(expires).flatten();
+            let wake = kill_at.into_iter().chain(look_at).chain(expires).min();
             self.sleep_until(wake);
         }
     }

@@ -516,3 +516,106 @@ fn lock_file_replaced_and_locked_by_another_while_held_without_socket_stops_the_
         "{err}"
     );
 }
+
+/// Attack on the one-thread supervisor (adv-run, finding 1): a lost lock
+/// must stop the command even when onlyone's stderr cannot take another
+/// line (a pipe to a stalled logger or a full `2>&1 | tee`). The
+/// supervisor said "...; stopping the command" first and signalled after:
+/// blocked in that write, it never sent SIGTERM, and the command ran on
+/// beside the new holder. The signal now goes first, as for a stop
+/// request.
+#[test]
+fn lost_lock_stops_the_command_even_when_stderr_is_blocked() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    linux_only!(
+        "an abstract socket name can be bound by anyone; a socket file in the lock directory cannot"
+    );
+    if !is_root() || !Path::new("/usr/bin/python3").exists() {
+        eprintln!("skipped (needs root and /usr/bin/python3)");
+        return;
+    }
+    let env = TestEnv::new();
+    fs::create_dir(env.lock_dir()).unwrap();
+    fs::set_permissions(env.lock_dir(), fs::Permissions::from_mode(0o700)).unwrap();
+    let name = holder_socket_name(&env, "bot");
+    let squatter = as_nobody(&squat_script(&name, "s.listen(8)"));
+    // onlyone's stderr: a pipe the test reads only when it says so.
+    let (read, write) = std::io::pipe().unwrap();
+    let pid_file = env.path("pid");
+    let mut holder = env
+        .onlyone(&[
+            "run",
+            "--name",
+            "bot",
+            "--kill-grace",
+            "200ms",
+            "--",
+            "sh",
+            "-c",
+            "echo $$ > \"$0\"; exec sleep 1000",
+            pid_file.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(write.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(read);
+    let mut line = String::new();
+    lines.read_line(&mut line).unwrap();
+    assert!(line.contains("running without that guard"), "{line}");
+    let start = std::time::Instant::now();
+    let command = loop {
+        if let Some(pid) = fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok())
+        {
+            break pid;
+        }
+        assert!(
+            start.elapsed() < crate::util::EVENT_TIMEOUT,
+            "never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    // Fill the pipe through a file description of our own (O_NONBLOCK on
+    // onlyone's would make its writes fail instead of block).
+    let mut filler = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{}", write.as_raw_fd()))
+        .unwrap();
+    while filler.write(&[b'x'; 4096]).is_ok() {}
+    // The lock is lost: its file replaced by one another process locks.
+    let other = env.lock_dir().join("other");
+    fs::write(&other, b"").unwrap();
+    let mut locker = Running::spawn(
+        Command::new("flock")
+            .arg(&other)
+            .args(["-c", "echo locked; exec sleep 1000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    locker.expect_stdout_line("locked");
+    fs::rename(&other, env.lock_file("bot")).unwrap();
+    // A tick (25 ms) and the grace (200 ms), with room to spare.
+    let lost_at = std::time::Instant::now();
+    while pid_alive(command) && lost_at.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let survived = pid_alive(command);
+    // Let onlyone write again, and end what is left.
+    std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
+    drop(write);
+    signal_pid(command, libc::SIGKILL);
+    let status = crate::util::wait_with_timeout(&mut holder);
+    locker.kill_tree();
+    squatter.kill();
+    assert!(
+        !survived,
+        "the command ran on for {:?} after the lock was lost, while stderr was blocked",
+        lost_at.elapsed()
+    );
+    assert_eq!(code(status), 74);
+}

@@ -15,6 +15,7 @@ mod attack_mysql_fence;
 mod attack_perf;
 mod attack_pg;
 mod attack_portable;
+mod attack_run;
 mod attack_shared;
 mod attack_structure;
 mod bad_input;
