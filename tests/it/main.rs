@@ -16,6 +16,7 @@ mod attack_perf;
 mod attack_pg;
 mod attack_portable;
 mod attack_shared;
+mod attack_speed;
 mod attack_structure;
 mod bad_input;
 mod command_env;

@@ -561,35 +561,63 @@ impl Worker {
         let interval = self.backend.config.timing.heartbeat;
         let mut due = Instant::now() + interval;
         loop {
-            // Due first: a stream of requests must not hold the heartbeat
-            // up.
-            if Instant::now() >= due {
-                due = Instant::now() + interval;
-                if let Err(lost) = self.beat() {
-                    return self.lose(lost);
-                }
-            }
-            let done = match self.session.wait_until(due, requests) {
-                Woken::Message(Some(request)) => self.serve(request),
-                Woken::Message(None) => {
+            // A panic while serving (a row that no longer decodes, say)
+            // would end the thread, and with it the session and every key
+            // on it, without a word to the guards: the names are lost
+            // first, as on any other failure.
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.step(requests, interval, &mut due)
+            }));
+            match step {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => {
                     // Every guard and the pool are gone.
                     self.session.close();
                     return;
                 }
-                Woken::Notified(payload) => self.announced(&payload),
-                Woken::Due => Ok(()),
-            };
-            if let Err(lost) = done {
-                return self.lose(lost);
-            }
-            if !self.names.is_empty() && self.last_proof.elapsed() >= self.deadline() {
-                let reason = format!(
-                    "no heartbeat answer from PostgreSQL at {} within the heartbeat deadline on the shared session",
-                    self.session.location()
-                );
-                return self.lose(Lost(reason));
+                Ok(Err(lost)) => return self.lose(lost),
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".to_owned());
+                    let reason = format!(
+                        "the thread of the shared PostgreSQL session to {} failed ({what}); the lock must be considered gone",
+                        self.session.location()
+                    );
+                    return self.lose(Lost(reason));
+                }
             }
         }
+    }
+
+    /// One turn of [`Worker::run`]: false once every guard and the pool
+    /// are gone.
+    fn step(
+        &mut self,
+        requests: &mut UnboundedReceiver<Request>,
+        interval: Duration,
+        due: &mut Instant,
+    ) -> std::result::Result<bool, Lost> {
+        // Due first: a stream of requests must not hold the heartbeat up.
+        if Instant::now() >= *due {
+            *due = Instant::now() + interval;
+            self.beat()?;
+        }
+        match self.session.wait_until(*due, requests) {
+            Woken::Message(Some(request)) => self.serve(request)?,
+            Woken::Message(None) => return Ok(false),
+            Woken::Notified(payload) => self.announced(&payload)?,
+            Woken::Due => {}
+        }
+        if !self.names.is_empty() && self.last_proof.elapsed() >= self.deadline() {
+            return Err(Lost(format!(
+                "no heartbeat answer from PostgreSQL at {} within the heartbeat deadline on the shared session",
+                self.session.location()
+            )));
+        }
+        Ok(true)
     }
 
     /// Every statement is answered by the last proof + T, while names are

@@ -1,0 +1,413 @@
+//! Attacks on the faster shared PostgreSQL sessions (statements kept
+//! prepared, settings and UNLISTEN sent ahead, LISTEN with the token's
+//! COMMIT and the pool/plain check in the same round trip, the fence try
+//! and the row lock in one statement). The witness is the server: after
+//! every failed acquisition, no advisory key of the name is granted to
+//! anyone (no key held that no guard owns), and the state row's token
+//! never goes backwards.
+
+#![cfg(feature = "postgres")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::postgres_lib::{Fixture, acquired, admin};
+use onlyone::{Attempt, Backend, LockName, PostgresBackend};
+
+/// The server processes holding advisory key `key` (granted).
+fn holders_of(key: i64) -> Vec<i32> {
+    admin()
+        .query(
+            "SELECT l.pid FROM pg_locks l \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+               AND ((l.classid::bigint << 32) | l.objid::bigint) = $1",
+            &[&key],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// The state row of `key`: token and state.
+fn row_of(table: &str, key: i64) -> Option<(i64, String)> {
+    admin()
+        .query(
+            &format!("SELECT token, state FROM {table} WHERE key = $1"),
+            &[&key],
+        )
+        .unwrap()
+        .first()
+        .map(|row| (row.get(0), row.get(1)))
+}
+
+/// A COMMIT of the token's transaction that fails (an operator's deferred
+/// constraint trigger raising at commit, for one name): on a shared
+/// session the COMMIT now goes with LISTEN and the pool/plain check in one
+/// round trip. The acquisition must fail, leave the key held by nobody,
+/// not touch the token, and the session must go on serving other names
+/// (and the same name once the trigger is gone), with its stop channel
+/// listened to again.
+#[test]
+fn a_failed_commit_on_a_shared_session_leaves_no_key_and_the_session_usable() {
+    let fixture = Fixture::new("atk_speed_commit");
+    let table = &fixture.table;
+    let backend = Arc::new(fixture.backend().share_sessions(1).unwrap());
+    let [bad, good] = ["bad", "good"].map(|suffix| fixture.name(suffix));
+    let key = PostgresBackend::key_for(&bad);
+    // The table exists, and bad's row with token 1.
+    acquired(backend.try_acquire(&bad, &[]).unwrap())
+        .release()
+        .unwrap();
+    let before = row_of(table, key).expect("the row").0;
+    admin()
+        .batch_execute(&format!(
+            "CREATE FUNCTION {table}_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.name = '{bad}' THEN RAISE EXCEPTION 'refused at commit'; END IF; \
+             RETURN NULL; END $$; \
+             CREATE CONSTRAINT TRIGGER zz_refuse AFTER INSERT OR UPDATE ON {table} \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {table}_refuse()"
+        ))
+        .unwrap();
+    for round in 0..5 {
+        let attempt = backend.try_acquire(&bad, &[]);
+        match &attempt {
+            Ok(Attempt::Acquired(_)) => panic!("round {round}: acquired past a failed commit"),
+            Ok(Attempt::Held(holder)) => panic!("round {round}: held by {holder:?}"),
+            Err(err) => eprintln!("round {round}: {:?} {err}", err.kind()),
+        }
+        drop(attempt);
+        assert_eq!(
+            holders_of(key),
+            Vec::<i32>::new(),
+            "round {round}: the key is held after a failed acquisition"
+        );
+        assert_eq!(row_of(table, key).unwrap().0, before, "token moved");
+        // Another name on the same session: taken and held.
+        let guard = acquired(backend.try_acquire(&good, &[]).unwrap());
+        assert_eq!(holders_of(PostgresBackend::key_for(&good)).len(), 1);
+        guard.release().unwrap();
+    }
+    admin()
+        .batch_execute(&format!(
+            "DROP TRIGGER zz_refuse ON {table}; DROP FUNCTION {table}_refuse()"
+        ))
+        .unwrap();
+    let guard = acquired(backend.try_acquire(&bad, &[]).unwrap());
+    assert_eq!(
+        guard.token(),
+        Some(before as u64 + 1),
+        "tokens go on from the last one"
+    );
+    guard.release().unwrap();
+    assert_eq!(row_of(table, key).unwrap().1, "released");
+}
+
+/// The server processes of this process's shared sessions.
+fn shared_pids() -> Vec<i32> {
+    let pattern = format!("onlyone:shared@%:{}", std::process::id());
+    admin()
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE $1",
+            &[&pattern],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+fn alive(pid: i32) -> bool {
+    admin()
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
+            &[&pid],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// `pg_cancel_backend` of the shared session again and again (every
+/// statement of an acquisition and a release can be the one cancelled: a
+/// statement sent ahead, the fence try with the row lock, the LISTEN and
+/// COMMIT with the check), while names are taken and let go of: a failed
+/// acquisition leaves its key held by no live session (past the session's
+/// own end), an acquired guard's key is granted to exactly one session or
+/// its loss is reported, and tokens never go backwards.
+#[test]
+fn cancels_of_a_shared_session_leave_no_orphan_key_nor_unproven_guard() {
+    let fixture = Fixture::new("atk_speed_cancel");
+    let table = fixture.table.clone();
+    let backend = Arc::new(fixture.backend().share_sessions(1).unwrap());
+    let deadline = backend.heartbeat_deadline();
+    let names: Vec<LockName> = (0..6).map(|i| fixture.name(&format!("n{i}"))).collect();
+    // The table and the first session.
+    acquired(backend.try_acquire(&names[0], &[]).unwrap())
+        .release()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let spread: u64 = std::env::var("ATK_SPEED_SPREAD_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let canceller = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut client = admin();
+            let pattern = format!("onlyone:shared@%:{}", std::process::id());
+            let mut cancels = 0u64;
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                // Spread the cancels over the statements: 0..2 ms apart.
+                std::thread::sleep(Duration::from_micros((i * 7919) % spread));
+                let rows = client
+                    .query(
+                        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+                         WHERE application_name LIKE $1",
+                        &[&pattern],
+                    )
+                    .unwrap();
+                cancels += rows.len() as u64;
+            }
+            cancels
+        })
+    };
+    let (mut acquired_n, mut failed, mut held, mut orphans, mut lost) = (0, 0, 0, 0, 0);
+    let mut last_token = std::collections::HashMap::new();
+    let mut errors = std::collections::BTreeMap::<String, usize>::new();
+    let rounds = std::env::var("ATK_SPEED_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    for round in 0..rounds {
+        let name = &names[round % names.len()];
+        let key = PostgresBackend::key_for(name);
+        match backend.try_acquire(name, &[]) {
+            Ok(Attempt::Acquired(guard)) => {
+                acquired_n += 1;
+                let token = guard.token().unwrap();
+                let previous = last_token.insert(key, token).unwrap_or(0);
+                assert!(token > previous, "token went from {previous} to {token}");
+                let holders = holders_of(key);
+                if holders.len() != 1 {
+                    // Not granted to exactly one: the guard must be told.
+                    let reason = guard.loss_watch().wait(Some(deadline * 2));
+                    assert!(
+                        reason.is_some(),
+                        "round {round}: guard of {name} not told, holders {holders:?}"
+                    );
+                    lost += 1;
+                }
+                let _ = guard.release();
+            }
+            Ok(Attempt::Held(holder)) => {
+                held += 1;
+                eprintln!("round {round}: held by {holder:?}");
+            }
+            Err(_err) => {
+                failed += 1;
+                let text = _err.to_string();
+                let text = text.split(':').next_back().unwrap_or("").to_owned();
+                *errors.entry(text).or_insert(0) += 1;
+                // A holder of the key must be a session on its way out.
+                let holders = holders_of(key);
+                if !holders.is_empty() {
+                    let end = std::time::Instant::now() + deadline * 3;
+                    while std::time::Instant::now() < end
+                        && holders.iter().any(|&pid| alive(pid))
+                        && !holders_of(key).is_empty()
+                    {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    if !holders_of(key).is_empty() {
+                        orphans += 1;
+                        eprintln!(
+                            "round {round}: {name} failed ({_err}) but key held by {:?} (shared {:?})",
+                            holders_of(key),
+                            shared_pids()
+                        );
+                    }
+                }
+            }
+        }
+        // Every row's token is at least the last one seen.
+        if let Some((token, _)) = row_of(&table, key) {
+            assert!(token as u64 >= *last_token.get(&key).unwrap_or(&0));
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let cancels = canceller.join().unwrap();
+    eprintln!(
+        "rounds {rounds} acquired {acquired_n} failed {failed} held {held} lost {lost} orphans {orphans} cancels {cancels}"
+    );
+    eprintln!("errors: {errors:#?}");
+    assert_eq!(orphans, 0, "keys held after failed acquisitions");
+}
+
+/// The catalog tampered between two acquisitions on one shared session
+/// (whose statements are kept prepared): as
+/// `every_acquisition_sees_the_catalog_tampered_after_an_earlier_one` on
+/// a dedicated session, the fence function replaced is refused, a guard
+/// trigger disabled is put back.
+#[test]
+fn a_shared_session_sees_the_catalog_tampered_after_an_earlier_acquisition() {
+    let fixture = Fixture::new("atk_speed_tamper");
+    let table = &fixture.table;
+    let name = fixture.name("lock");
+    let backend = Arc::new(fixture.backend().share_sessions(1).unwrap());
+    let lock = onlyone::Lock::with_backend(name.clone(), backend.clone());
+    let mut admin = admin();
+    let take = || match lock.try_acquire() {
+        Ok(attempt) => acquired(attempt).release().map_err(|err| err.to_string()),
+        Err(err) => Err(err.to_string()),
+    };
+    for _ in 0..3 {
+        take().unwrap();
+    }
+    let fence = format!("public.{table}_fence(text,bigint)");
+    admin
+        .batch_execute(&format!(
+            "CREATE OR REPLACE FUNCTION public.{table}_fence(name text, token bigint) \
+             RETURNS void LANGUAGE plpgsql SECURITY DEFINER \
+             SET search_path = pg_catalog, pg_temp AS $$ BEGIN END $$"
+        ))
+        .unwrap();
+    let err = take().expect_err("a replaced fence function was used");
+    assert!(err.contains("is not the one onlyone creates"), "{err}");
+    admin
+        .batch_execute(&format!("DROP FUNCTION {fence}"))
+        .unwrap();
+    take().unwrap();
+    take().unwrap();
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE public.{table} DISABLE TRIGGER onlyone_guard_rows"
+        ))
+        .unwrap();
+    take().unwrap();
+    let enabled: String = admin
+        .query_one(
+            "SELECT tgenabled::text FROM pg_trigger \
+             WHERE tgrelid = to_regclass($1) AND tgname = 'onlyone_guard_rows'",
+            &[&format!("public.{table}")],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(enabled, "O", "the disabled guard trigger was left disabled");
+    take().unwrap();
+}
+
+/// A column of the state table changed type between two acquisitions on
+/// one shared session (its record statement kept prepared: "cached plan
+/// must not change result type"), then changed back: each acquisition
+/// fails or succeeds clearly (no panic, no hang), leaves no key held, and
+/// the session serves the name again once the table is back.
+#[test]
+fn a_column_retyped_under_a_kept_statement_fails_clearly() {
+    let fixture = Fixture::new("atk_speed_retype");
+    let table = &fixture.table;
+    let name = fixture.name("lock");
+    let key = PostgresBackend::key_for(&name);
+    let backend = Arc::new(fixture.backend().share_sessions(1).unwrap());
+    for _ in 0..2 {
+        acquired(backend.try_acquire(&name, &[]).unwrap())
+            .release()
+            .unwrap();
+    }
+    admin()
+        .batch_execute(&format!(
+            "ALTER TABLE {table} ALTER COLUMN owed_ms TYPE numeric"
+        ))
+        .unwrap();
+    for round in 0..2 {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (backend2, name2) = (backend.clone(), name.clone());
+        std::thread::spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match backend2
+                .try_acquire(&name2, &[])
+            {
+                Ok(Attempt::Acquired(guard)) => guard
+                    .release()
+                    .map(|()| "acquired".to_owned())
+                    .map_err(|e| e.to_string()),
+                Ok(Attempt::Held(_)) => Ok("held".to_owned()),
+                Err(err) => Err(format!("{:?}: {err}", err.kind())),
+            }));
+            let _ = tx.send(outcome.map_err(|_| "panicked".to_owned()));
+        });
+        let outcome = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the acquisition hung");
+        eprintln!("round {round} retyped: {outcome:?}");
+        assert!(outcome.is_ok(), "round {round}: the acquisition panicked");
+        assert_eq!(holders_of(key), Vec::<i32>::new(), "key left held");
+    }
+    admin()
+        .batch_execute(&format!(
+            "ALTER TABLE {table} ALTER COLUMN owed_ms TYPE bigint"
+        ))
+        .unwrap();
+    acquired(backend.try_acquire(&name, &[]).unwrap())
+        .release()
+        .unwrap();
+}
+
+/// A panic on a shared session's thread (here: a state table column
+/// retyped by an operator, whose value the record statement's row no
+/// longer decodes) while another name is held on the session: the
+/// session's connection goes with the thread, and with it the held name's
+/// key, so its guard must be told of the loss (else a second holder takes
+/// the name beside it); and the pool must not keep handing out the dead
+/// session.
+#[test]
+fn a_panic_on_a_shared_sessions_thread_loses_the_names_held_on_it() {
+    let fixture = Fixture::new("atk_speed_panic");
+    let table = &fixture.table;
+    let [a, b] = ["a", "b"].map(|suffix| fixture.name(suffix));
+    let backend = Arc::new(fixture.backend().share_sessions(1).unwrap());
+    acquired(backend.try_acquire(&b, &[]).unwrap())
+        .release()
+        .unwrap();
+    let guard_a = acquired(backend.try_acquire(&a, &[]).unwrap());
+    admin()
+        .batch_execute(&format!(
+            "ALTER TABLE {table} ALTER COLUMN owed_ms TYPE numeric"
+        ))
+        .unwrap();
+    // Twice: the first may fail on the kept statement's plan.
+    for _ in 0..2 {
+        let attempt = backend.try_acquire(&b, &[]);
+        eprintln!("take of b: {:?}", attempt.as_ref().map(|_| ()));
+    }
+    admin()
+        .batch_execute(&format!(
+            "ALTER TABLE {table} ALTER COLUMN owed_ms TYPE bigint"
+        ))
+        .unwrap();
+    // Either the guard is told, or its key is still granted: a guard not
+    // told whose key is free is a second holder waiting to happen.
+    let told = guard_a
+        .loss_watch()
+        .wait(Some(backend.heartbeat_deadline() * 2));
+    if told.is_none() {
+        assert_eq!(
+            holders_of(PostgresBackend::key_for(&a)).len(),
+            1,
+            "guard of a not told of its loss, and its key is free"
+        );
+    } else {
+        // A second holder may take it now.
+        let other = fixture.backend();
+        assert!(matches!(
+            other.try_acquire(&a, &[]).unwrap(),
+            Attempt::Acquired(_)
+        ));
+    }
+    drop(guard_a);
+    // The shared backend serves again (a new session).
+    acquired(backend.try_acquire(&b, &[]).unwrap())
+        .release()
+        .unwrap();
+}
