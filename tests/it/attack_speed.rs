@@ -411,3 +411,70 @@ fn a_panic_on_a_shared_sessions_thread_loses_the_names_held_on_it() {
         .release()
         .unwrap();
 }
+
+/// The stop channel of a name re-taken on the same shared session right
+/// after its release (its UNLISTEN is sent ahead of the next statement),
+/// and after a take that failed at COMMIT (its LISTEN undone): a stop
+/// request is announced to the new holder (not only found by a heartbeat's
+/// row check, "missed").
+#[test]
+fn a_name_retaken_on_its_shared_session_still_hears_stop_requests() {
+    let fixture = Fixture::new("atk_speed_relisten");
+    let table = &fixture.table;
+    let backend = Arc::new(fixture.backend().share_sessions(1).unwrap());
+    let a = fixture.name("a");
+    let stopper = fixture.backend();
+    let mut announced = 0;
+    let rounds = std::env::var("ATK_SPEED_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    for round in 0..rounds {
+        // Taken and let go of once (UNLISTEN sent ahead), or refused at
+        // COMMIT (its LISTEN undone), right before the take that is asked.
+        if round % 2 == 0 {
+            acquired(backend.try_acquire(&a, &[]).unwrap())
+                .release()
+                .unwrap();
+        } else {
+            admin()
+                .batch_execute(&format!(
+                    "CREATE OR REPLACE FUNCTION {table}_refuse() RETURNS trigger LANGUAGE plpgsql \
+                     AS $$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$; \
+                     CREATE CONSTRAINT TRIGGER zz_refuse AFTER INSERT OR UPDATE ON {table} \
+                     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {table}_refuse()"
+                ))
+                .unwrap();
+            assert!(backend.try_acquire(&a, &[]).is_err());
+            admin()
+                .batch_execute(&format!("DROP TRIGGER zz_refuse ON {table}"))
+                .unwrap();
+        }
+        let guard = acquired(backend.try_acquire(&a, &[]).unwrap());
+        let (tell, told) = std::sync::mpsc::channel();
+        guard
+            .loss_watch()
+            .on_stop_request(move |from| tell.send(from).unwrap());
+        let stopped = stopper.stop_holder(&a, libc::SIGTERM, None).unwrap();
+        assert!(
+            matches!(stopped, onlyone::Stop::Requested(..)),
+            "{stopped:?}"
+        );
+        let from = told
+            .recv_timeout(backend.heartbeat_deadline() * 2)
+            .expect("the request reaches the holder");
+        if from.ends_with(&format!(":{}", std::process::id())) {
+            announced += 1;
+        } else {
+            eprintln!("round {round}: {from}");
+        }
+        guard.release().unwrap();
+    }
+    // A heartbeat's row check may find the mark before the announcement
+    // is read ("missed", about 1 in 30 here with 100 ms heartbeats): a
+    // channel not listened to would miss every one.
+    assert!(
+        announced * 2 >= rounds,
+        "stop requests not announced to their holder: {announced} of {rounds}"
+    );
+}
