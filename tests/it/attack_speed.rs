@@ -180,7 +180,7 @@ fn cancels_of_a_shared_session_leave_no_orphan_key_nor_unproven_guard() {
     let rounds = std::env::var("ATK_SPEED_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(150);
     for round in 0..rounds {
         let name = &names[round % names.len()];
         let key = PostgresBackend::key_for(name);
@@ -477,4 +477,102 @@ fn a_name_retaken_on_its_shared_session_still_hears_stop_requests() {
         announced * 2 >= rounds,
         "stop requests not announced to their holder: {announced} of {rounds}"
     );
+}
+
+/// The pool/plain check, sent with the token's COMMIT and run after it,
+/// fails (an operator's `LOCK TABLE ... ACCESS EXCLUSIVE` queued behind the
+/// commit, granted between the COMMIT and the check: the check's read
+/// waits out the lock timeout). The token is committed, so the take must
+/// fail clearly, let go of the key, and leave the row `held`: the next
+/// holder waits the lock-delay (nothing vouches that no command ran).
+#[test]
+fn a_check_failing_after_the_commit_leaves_the_row_held_for_the_successor() {
+    let fixture = Fixture::new("atk_speed_aftercommit");
+    let table = fixture.table.clone();
+    let backend = Arc::new(fixture.backend().share_sessions(1).unwrap());
+    let a = fixture.name("a");
+    let key = PostgresBackend::key_for(&a);
+    acquired(backend.try_acquire(&a, &[]).unwrap())
+        .release()
+        .unwrap();
+    let before = row_of(&table, key).unwrap().0;
+    // The commit of a's token sleeps 0.5 s (a deferred trigger).
+    admin()
+        .batch_execute(&format!(
+            "CREATE FUNCTION {table}_slow() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN PERFORM pg_sleep(0.5); RETURN NULL; END $$; \
+             CREATE CONSTRAINT TRIGGER zz_slow AFTER UPDATE ON {table} \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {table}_slow()"
+        ))
+        .unwrap();
+    let operator = {
+        let table = table.clone();
+        std::thread::spawn(move || {
+            let mut client = admin();
+            let pattern = format!("onlyone:shared@%:{}", std::process::id());
+            // Until the shared session sleeps in its commit.
+            let start = std::time::Instant::now();
+            loop {
+                let sleeping: bool = client
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+                         WHERE application_name LIKE $1 AND wait_event = 'PgSleep')",
+                        &[&pattern],
+                    )
+                    .unwrap()
+                    .get(0);
+                if sleeping {
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(20), "never slept");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let mut open = client.transaction().unwrap();
+            open.batch_execute(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+            open.rollback().unwrap();
+        })
+    };
+    let attempt = backend.try_acquire(&a, &[]);
+    operator.join().unwrap();
+    admin()
+        .batch_execute(&format!(
+            "DROP TRIGGER zz_slow ON {table}; DROP FUNCTION {table}_slow()"
+        ))
+        .unwrap();
+    let outcome = match &attempt {
+        Ok(Attempt::Acquired(guard)) => format!("acquired, token {:?}", guard.token()),
+        Ok(Attempt::Held(holder)) => format!("held by {holder:?}"),
+        Err(err) => format!("{:?}: {err}", err.kind()),
+    };
+    eprintln!("take of a: {outcome}");
+    let (token, state) = row_of(&table, key).unwrap();
+    eprintln!("row: token {token} (was {before}) state {state}");
+    match attempt {
+        Ok(Attempt::Acquired(guard)) => {
+            assert_eq!(holders_of(key).len(), 1);
+            guard.release().unwrap();
+        }
+        Ok(Attempt::Held(_)) => panic!("held by nobody"),
+        Err(_) => {
+            assert_eq!(holders_of(key), Vec::<i32>::new(), "key left held");
+            assert!(token >= before, "token went backwards");
+            if token > before {
+                assert_eq!(state, "held", "a committed token left for the successor");
+                // The successor owes the lock-delay.
+                let started = std::time::Instant::now();
+                let guard = acquired(
+                    fixture
+                        .backend()
+                        .acquire(&a, &[], onlyone::Wait::Until(None))
+                        .unwrap(),
+                );
+                eprintln!("successor waited {:?}", started.elapsed());
+                assert!(started.elapsed() >= crate::postgres_lib::LOCK_DELAY);
+                assert_eq!(guard.token(), Some(token as u64 + 1));
+                guard.release().unwrap();
+            }
+        }
+    }
 }
