@@ -246,59 +246,6 @@ fn cancels_of_a_shared_session_leave_no_orphan_key_nor_unproven_guard() {
     assert_eq!(orphans, 0, "keys held after failed acquisitions");
 }
 
-/// The catalog tampered between two acquisitions on one shared session
-/// (whose statements are kept prepared): as
-/// `every_acquisition_sees_the_catalog_tampered_after_an_earlier_one` on
-/// a dedicated session, the fence function replaced is refused, a guard
-/// trigger disabled is put back.
-#[test]
-fn a_shared_session_sees_the_catalog_tampered_after_an_earlier_acquisition() {
-    let fixture = Fixture::new("atk_speed_tamper");
-    let table = &fixture.table;
-    let name = fixture.name("lock");
-    let backend = Arc::new(fixture.backend().share_sessions(1).unwrap());
-    let lock = onlyone::Lock::with_backend(name.clone(), backend.clone());
-    let mut admin = admin();
-    let take = || match lock.try_acquire() {
-        Ok(attempt) => acquired(attempt).release().map_err(|err| err.to_string()),
-        Err(err) => Err(err.to_string()),
-    };
-    for _ in 0..3 {
-        take().unwrap();
-    }
-    let fence = format!("public.{table}_fence(text,bigint)");
-    admin
-        .batch_execute(&format!(
-            "CREATE OR REPLACE FUNCTION public.{table}_fence(name text, token bigint) \
-             RETURNS void LANGUAGE plpgsql SECURITY DEFINER \
-             SET search_path = pg_catalog, pg_temp AS $$ BEGIN END $$"
-        ))
-        .unwrap();
-    let err = take().expect_err("a replaced fence function was used");
-    assert!(err.contains("is not the one onlyone creates"), "{err}");
-    admin
-        .batch_execute(&format!("DROP FUNCTION {fence}"))
-        .unwrap();
-    take().unwrap();
-    take().unwrap();
-    admin
-        .batch_execute(&format!(
-            "ALTER TABLE public.{table} DISABLE TRIGGER onlyone_guard_rows"
-        ))
-        .unwrap();
-    take().unwrap();
-    let enabled: String = admin
-        .query_one(
-            "SELECT tgenabled::text FROM pg_trigger \
-             WHERE tgrelid = to_regclass($1) AND tgname = 'onlyone_guard_rows'",
-            &[&format!("public.{table}")],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(enabled, "O", "the disabled guard trigger was left disabled");
-    take().unwrap();
-}
-
 /// A column of the state table changed type between two acquisitions on
 /// one shared session (its record statement kept prepared: "cached plan
 /// must not change result type"), then changed back: each acquisition
