@@ -523,3 +523,116 @@ fn a_check_failing_after_the_commit_leaves_the_row_held_for_the_successor() {
         }
     }
 }
+
+/// The shared session terminated (`pg_terminate_backend`) in the middle
+/// of a take, at the statement that records the token (a `BEFORE UPDATE`
+/// trigger sleeps) and at its COMMIT (a deferred trigger sleeps, the
+/// LISTEN and the pool/plain check queued behind it): the take fails or is
+/// made again on a new session (with the next token), the other name held
+/// on the session is told of its loss, the token never goes backwards, and
+/// the next holder gets the next token.
+#[test]
+fn a_shared_session_terminated_in_its_record_or_commit_loses_cleanly() {
+    for (window, trigger) in [
+        ("record", "BEFORE UPDATE ON {t} FOR EACH ROW"),
+        (
+            "commit",
+            "AFTER UPDATE ON {t} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW",
+        ),
+    ] {
+        let fixture = Fixture::new(&format!("atk_speed_term_{window}"));
+        let table = fixture.table.clone();
+        let backend = Arc::new(fixture.backend().share_sessions(1).unwrap());
+        let [a, b] = ["a", "b"].map(|suffix| fixture.name(suffix));
+        let key = PostgresBackend::key_for(&a);
+        acquired(backend.try_acquire(&a, &[]).unwrap())
+            .release()
+            .unwrap();
+        let before = row_of(&table, key).unwrap().0;
+        let guard_b = acquired(backend.try_acquire(&b, &[]).unwrap());
+        let constraint = if window == "commit" {
+            "CONSTRAINT "
+        } else {
+            ""
+        };
+        admin()
+            .batch_execute(&format!(
+                "CREATE FUNCTION {table}_slow() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN IF NEW.name = '{a}' THEN PERFORM pg_sleep(5); END IF; \
+                 RETURN NEW; END $$; \
+                 CREATE {constraint}TRIGGER zz_slow {} EXECUTE FUNCTION {table}_slow()",
+                trigger.replace("{t}", &table)
+            ))
+            .unwrap();
+        let killer = std::thread::spawn(move || {
+            let mut client = admin();
+            let pattern = format!("onlyone:shared@%:{}", std::process::id());
+            let start = std::time::Instant::now();
+            loop {
+                let killed: bool = client
+                    .query_one(
+                        "SELECT coalesce(bool_or(pg_terminate_backend(pid)), false) \
+                         FROM pg_stat_activity \
+                         WHERE application_name LIKE $1 AND wait_event = 'PgSleep'",
+                        &[&pattern],
+                    )
+                    .unwrap()
+                    .get(0);
+                if killed {
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(20), "never slept");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let attempt = backend.try_acquire(&a, &[]);
+        killer.join().unwrap();
+        admin()
+            .batch_execute(&format!(
+                "DROP TRIGGER zz_slow ON {table}; DROP FUNCTION {table}_slow()"
+            ))
+            .unwrap();
+        let outcome = match &attempt {
+            Ok(Attempt::Acquired(_)) => "acquired".to_owned(),
+            Ok(Attempt::Held(holder)) => format!("held by {holder:?}"),
+            Err(err) => format!("{:?}: {err}", err.kind()),
+        };
+        eprintln!("{window}: take of a: {outcome}");
+        // Retried on a new session (the first one's transaction never
+        // committed), or failed.
+        let after = row_of(&table, key).unwrap().0;
+        match attempt {
+            Ok(Attempt::Acquired(guard)) => {
+                // Its key granted, or its guard told (the retry's record
+                // also sleeps, past the new session's deadline).
+                if holders_of(key).len() != 1 {
+                    let told = guard
+                        .loss_watch()
+                        .wait(Some(backend.heartbeat_deadline() * 2));
+                    assert!(told.is_some(), "{window}: a guard not told without its key");
+                }
+                assert_eq!(guard.token(), Some(after as u64), "{window}");
+                assert!(after > before, "{window}");
+                drop(guard);
+            }
+            Ok(Attempt::Held(_)) => panic!("{window}: held by nobody"),
+            Err(_) => assert_eq!(holders_of(key), Vec::<i32>::new(), "{window}"),
+        }
+        let told = guard_b
+            .loss_watch()
+            .wait(Some(backend.heartbeat_deadline() * 2));
+        assert!(told.is_some(), "{window}: b not told of its session's end");
+        drop(guard_b);
+        let (token, state) = row_of(&table, key).unwrap();
+        eprintln!("{window}: row token {token} (was {before}) {state}");
+        assert!(token >= before);
+        let guard = acquired(
+            fixture
+                .backend()
+                .acquire(&a, &[], onlyone::Wait::Until(None))
+                .unwrap(),
+        );
+        assert_eq!(guard.token(), Some(token as u64 + 1), "{window}");
+        guard.release().unwrap();
+    }
+}
