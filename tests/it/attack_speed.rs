@@ -636,3 +636,88 @@ fn a_shared_session_terminated_in_its_record_or_commit_loses_cleanly() {
         guard.release().unwrap();
     }
 }
+
+/// Across processes: 3 threads of this process take one name through a
+/// shared backend (2 sessions) while `onlyone run` processes take it on
+/// their own sessions, the command `flock -n -E 99` on a witness file that
+/// the threads also `flock` while they hold the name. Never 99, never a
+/// thread refused by the witness.
+#[test]
+fn shared_threads_and_cli_runs_never_hold_one_name_at_once() {
+    use std::os::fd::AsRawFd;
+    let fixture = Fixture::new("atk_speed_cli");
+    let env = crate::util::TestEnv::new();
+    let witness = env.path("witness");
+    std::fs::write(&witness, b"").unwrap();
+    let backend = Arc::new(fixture.backend().share_sessions(2).unwrap());
+    let name = fixture.name("job");
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let (backend, name, stop, witness) =
+                (backend.clone(), name.clone(), stop.clone(), witness.clone());
+            std::thread::spawn(move || {
+                let file = std::fs::File::open(&witness).unwrap();
+                let (mut held, mut overlaps) = (0, 0);
+                while !stop.load(Ordering::SeqCst) {
+                    if let Ok(Attempt::Acquired(guard)) = backend.try_acquire(&name, &[]) {
+                        held += 1;
+                        // SAFETY: a valid descriptor of an open file.
+                        let locked =
+                            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+                        if locked != 0 {
+                            overlaps += 1;
+                        } else {
+                            std::thread::sleep(Duration::from_millis(5));
+                            // SAFETY: as above.
+                            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+                        }
+                        let _ = guard.release();
+                    }
+                }
+                (held, overlaps)
+            })
+        })
+        .collect();
+    let script = format!("exec flock -n -E 99 {} sleep 0.02", witness.display());
+    let url = crate::postgres_lib::url();
+    let mut codes = std::collections::BTreeMap::<i32, usize>::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        let out = env
+            .onlyone(&[
+                "run",
+                "--quiet",
+                "--postgres",
+                &url,
+                "--table",
+                &fixture.table,
+                "--name",
+                name.as_str(),
+                "--heartbeat",
+                "100ms",
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .output()
+            .unwrap();
+        *codes.entry(out.status.code().unwrap_or(-1)).or_insert(0) += 1;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (mut held, mut overlaps) = (0, 0);
+    for thread in threads {
+        let (h, o) = thread.join().unwrap();
+        held += h;
+        overlaps += o;
+    }
+    eprintln!("threads held {held}, overlaps {overlaps}; onlyone run exit codes {codes:?}");
+    assert_eq!(overlaps, 0, "a thread held the name beside a run's command");
+    assert_eq!(
+        codes.get(&99),
+        None,
+        "a run's command beside another holder"
+    );
+    assert!(held > 0 && codes.get(&0).is_some_and(|&n| n > 0));
+}
