@@ -15,6 +15,60 @@ use std::time::Duration;
 use crate::postgres_lib::{Fixture, acquired, admin};
 use onlyone::{Attempt, Backend, LockName, PostgresBackend};
 
+/// A session of `pg_stat_activity` holding one of the advisory keys `$2`
+/// (the tests of one process run at once, their shared sessions named
+/// alike).
+const MINE: &str = "pid IN (SELECT l.pid FROM pg_locks l \
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+       AND ((l.classid::bigint << 32) | l.objid::bigint) = ANY($2))";
+
+/// A database of a test's own on the test server, dropped after it.
+struct OwnDatabase {
+    name: String,
+    url: String,
+}
+
+impl OwnDatabase {
+    fn new(test: &str) -> OwnDatabase {
+        let name = format!("{test}_{}", std::process::id());
+        let base = crate::postgres_lib::url();
+        let cut = base.rfind('/').expect("a database in the URL");
+        let url = format!("{}/{name}", &base[..cut]);
+        let mut admin = admin();
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        OwnDatabase { name, url }
+    }
+
+    fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls).unwrap()
+    }
+
+    fn row_of(&self, table: &str, key: i64) -> Option<(i64, String)> {
+        self.client()
+            .query(
+                &format!("SELECT token, state FROM {table} WHERE key = $1"),
+                &[&key],
+            )
+            .unwrap()
+            .first()
+            .map(|row| (row.get(0), row.get(1)))
+    }
+}
+
+impl Drop for OwnDatabase {
+    fn drop(&mut self) {
+        let _ = admin().batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
 /// The server processes holding advisory key `key` (granted).
 fn holders_of(key: i64) -> Vec<i32> {
     admin()
@@ -150,7 +204,15 @@ fn cancels_of_a_shared_session_leave_no_orphan_key_nor_unproven_guard() {
     let spread: u64 = std::env::var("ATK_SPEED_SPREAD_US")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+        .unwrap_or(5_000);
+    // This test's sessions only (the tests of this process run at once,
+    // on sessions named alike): those holding one of its keys; an anchor
+    // name, taken again after every loss, keeps the session marked
+    // between takes.
+    let anchor_name = fixture.name("anchor");
+    let mut keys: Vec<i64> = names.iter().map(PostgresBackend::key_for).collect();
+    keys.push(PostgresBackend::key_for(&anchor_name));
+    let mut anchor: Option<onlyone::Guard> = None;
     let canceller = {
         let stop = stop.clone();
         std::thread::spawn(move || {
@@ -164,9 +226,11 @@ fn cancels_of_a_shared_session_leave_no_orphan_key_nor_unproven_guard() {
                 std::thread::sleep(Duration::from_micros((i * 7919) % spread));
                 let rows = client
                     .query(
-                        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
-                         WHERE application_name LIKE $1",
-                        &[&pattern],
+                        &format!(
+                            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+                             WHERE application_name LIKE $1 AND {MINE}"
+                        ),
+                        &[&pattern, &keys],
                     )
                     .unwrap();
                 cancels += rows.len() as u64;
@@ -180,8 +244,14 @@ fn cancels_of_a_shared_session_leave_no_orphan_key_nor_unproven_guard() {
     let rounds = std::env::var("ATK_SPEED_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(150);
+        .unwrap_or(100);
     for round in 0..rounds {
+        if anchor.as_ref().is_none_or(|guard| guard.lost().is_some()) {
+            drop(anchor.take());
+            if let Ok(Attempt::Acquired(guard)) = backend.try_acquire(&anchor_name, &[]) {
+                anchor = Some(guard);
+            }
+        }
         let name = &names[round % names.len()];
         let key = PostgresBackend::key_for(name);
         match backend.try_acquire(name, &[]) {
@@ -239,6 +309,7 @@ fn cancels_of_a_shared_session_leave_no_orphan_key_nor_unproven_guard() {
     }
     stop.store(true, Ordering::SeqCst);
     let cancels = canceller.join().unwrap();
+    drop(anchor);
     eprintln!(
         "rounds {rounds} acquired {acquired_n} failed {failed} held {held} lost {lost} orphans {orphans} cancels {cancels}"
     );
@@ -434,9 +505,23 @@ fn a_name_retaken_on_its_shared_session_still_hears_stop_requests() {
 /// holder waits the lock-delay (nothing vouches that no command ran).
 #[test]
 fn a_check_failing_after_the_commit_leaves_the_row_held_for_the_successor() {
+    // A database of its own: its table is locked `ACCESS EXCLUSIVE` a
+    // moment, and every take reads every marked state table of its
+    // database (the other tests' takes would fail meanwhile).
     let fixture = Fixture::new("atk_speed_aftercommit");
     let table = fixture.table.clone();
-    let backend = Arc::new(fixture.backend().share_sessions(1).unwrap());
+    let database = OwnDatabase::new("atk_speed_aftercommit");
+    let admin = || database.client();
+    let row_of = |table: &str, key: i64| database.row_of(table, key);
+    let own_backend = || {
+        onlyone::PostgresBackend::new(onlyone::PostgresConfig {
+            table: table.clone(),
+            timing: fixture.config().timing,
+            ..onlyone::PostgresConfig::new(database.url.clone())
+        })
+        .unwrap()
+    };
+    let backend = Arc::new(own_backend().share_sessions(1).unwrap());
     let a = fixture.name("a");
     let key = PostgresBackend::key_for(&a);
     acquired(backend.try_acquire(&a, &[]).unwrap())
@@ -454,17 +539,21 @@ fn a_check_failing_after_the_commit_leaves_the_row_held_for_the_successor() {
         .unwrap();
     let operator = {
         let table = table.clone();
+        let keys = vec![key];
+        let url = database.url.clone();
         std::thread::spawn(move || {
-            let mut client = admin();
+            let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
             let pattern = format!("onlyone:shared@%:{}", std::process::id());
             // Until the shared session sleeps in its commit.
             let start = std::time::Instant::now();
             loop {
                 let sleeping: bool = client
                     .query_one(
-                        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
-                         WHERE application_name LIKE $1 AND wait_event = 'PgSleep')",
-                        &[&pattern],
+                        &format!(
+                            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+                             WHERE application_name LIKE $1 AND wait_event = 'PgSleep' AND {MINE})"
+                        ),
+                        &[&pattern, &keys],
                     )
                     .unwrap()
                     .get(0);
@@ -510,8 +599,7 @@ fn a_check_failing_after_the_commit_leaves_the_row_held_for_the_successor() {
                 // The successor owes the lock-delay.
                 let started = std::time::Instant::now();
                 let guard = acquired(
-                    fixture
-                        .backend()
+                    own_backend()
                         .acquire(&a, &[], onlyone::Wait::Until(None))
                         .unwrap(),
                 );
@@ -564,6 +652,7 @@ fn a_shared_session_terminated_in_its_record_or_commit_loses_cleanly() {
                 trigger.replace("{t}", &table)
             ))
             .unwrap();
+        let keys = vec![key];
         let killer = std::thread::spawn(move || {
             let mut client = admin();
             let pattern = format!("onlyone:shared@%:{}", std::process::id());
@@ -571,10 +660,12 @@ fn a_shared_session_terminated_in_its_record_or_commit_loses_cleanly() {
             loop {
                 let killed: bool = client
                     .query_one(
-                        "SELECT coalesce(bool_or(pg_terminate_backend(pid)), false) \
-                         FROM pg_stat_activity \
-                         WHERE application_name LIKE $1 AND wait_event = 'PgSleep'",
-                        &[&pattern],
+                        &format!(
+                            "SELECT coalesce(bool_or(pg_terminate_backend(pid)), false) \
+                             FROM pg_stat_activity \
+                             WHERE application_name LIKE $1 AND wait_event = 'PgSleep' AND {MINE}"
+                        ),
+                        &[&pattern, &keys],
                     )
                     .unwrap()
                     .get(0);
