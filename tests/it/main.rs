@@ -17,6 +17,7 @@ mod attack_pg;
 mod attack_portable;
 mod attack_run;
 mod attack_shared;
+mod attack_speed;
 mod attack_structure;
 mod bad_input;
 mod command_env;

@@ -352,7 +352,7 @@ impl PostgresBackend {
             if placed.slot.requests.send(request).is_err() {
                 continue;
             }
-            let Ok(taken) = answer.recv() else {
+            let Some(taken) = answer_of(&answer, &placed.slot.requests) else {
                 continue;
             };
             let (token, previous_was_held, owed, loss) = match taken? {
@@ -424,6 +424,30 @@ impl PostgresBackend {
     }
 }
 
+/// How often a caller waiting for its session's thread looks whether the
+/// thread is gone (see [`answer_of`]).
+const GONE_CHECK: Duration = Duration::from_millis(20);
+
+/// The answer to a request sent on `requests`, or `None` once the session's
+/// thread is gone without one. A request sent while the thread was ending
+/// (after it stopped reading, as its channel closed) can be left in the
+/// channel, never answered and never dropped (the pool's senders keep the
+/// channel, and the request its reply sender): a wait for the reply alone
+/// never ended. So the wait also ends once the channel is closed, which
+/// the thread's end does: its answers, if any, were sent before.
+fn answer_of<T>(answer: &std_mpsc::Receiver<T>, requests: &UnboundedSender<Request>) -> Option<T> {
+    loop {
+        match answer.recv_timeout(GONE_CHECK) {
+            Ok(value) => return Some(value),
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(std_mpsc::RecvTimeoutError::Timeout) if requests.is_closed() => {
+                return answer.try_recv().ok();
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
 /// A name held on a shared session.
 #[derive(Debug)]
 struct SharedHeld {
@@ -464,7 +488,7 @@ impl SharedHeld {
         };
         // A thread gone took its session, and every key on it, along.
         let done = match placed.slot.requests.send(request) {
-            Ok(()) => answer.recv().unwrap_or(Ok(())),
+            Ok(()) => answer_of(&answer, &placed.slot.requests).unwrap_or(Ok(())),
             Err(_) => Ok(()),
         };
         let mut placed = placed;
@@ -561,35 +585,63 @@ impl Worker {
         let interval = self.backend.config.timing.heartbeat;
         let mut due = Instant::now() + interval;
         loop {
-            // Due first: a stream of requests must not hold the heartbeat
-            // up.
-            if Instant::now() >= due {
-                due = Instant::now() + interval;
-                if let Err(lost) = self.beat() {
-                    return self.lose(lost);
-                }
-            }
-            let done = match self.session.wait_until(due, requests) {
-                Woken::Message(Some(request)) => self.serve(request),
-                Woken::Message(None) => {
+            // A panic while serving (a row that no longer decodes, say)
+            // would end the thread, and with it the session and every key
+            // on it, without a word to the guards: the names are lost
+            // first, as on any other failure.
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.step(requests, interval, &mut due)
+            }));
+            match step {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => {
                     // Every guard and the pool are gone.
                     self.session.close();
                     return;
                 }
-                Woken::Notified(payload) => self.announced(&payload),
-                Woken::Due => Ok(()),
-            };
-            if let Err(lost) = done {
-                return self.lose(lost);
-            }
-            if !self.names.is_empty() && self.last_proof.elapsed() >= self.deadline() {
-                let reason = format!(
-                    "no heartbeat answer from PostgreSQL at {} within the heartbeat deadline on the shared session",
-                    self.session.location()
-                );
-                return self.lose(Lost(reason));
+                Ok(Err(lost)) => return self.lose(lost),
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".to_owned());
+                    let reason = format!(
+                        "the thread of the shared PostgreSQL session to {} failed ({what}); the lock must be considered gone",
+                        self.session.location()
+                    );
+                    return self.lose(Lost(reason));
+                }
             }
         }
+    }
+
+    /// One turn of [`Worker::run`]: false once every guard and the pool
+    /// are gone.
+    fn step(
+        &mut self,
+        requests: &mut UnboundedReceiver<Request>,
+        interval: Duration,
+        due: &mut Instant,
+    ) -> std::result::Result<bool, Lost> {
+        // Due first: a stream of requests must not hold the heartbeat up.
+        if Instant::now() >= *due {
+            *due = Instant::now() + interval;
+            self.beat()?;
+        }
+        match self.session.wait_until(*due, requests) {
+            Woken::Message(Some(request)) => self.serve(request)?,
+            Woken::Message(None) => return Ok(false),
+            Woken::Notified(payload) => self.announced(&payload)?,
+            Woken::Due => {}
+        }
+        if !self.names.is_empty() && self.last_proof.elapsed() >= self.deadline() {
+            return Err(Lost(format!(
+                "no heartbeat answer from PostgreSQL at {} within the heartbeat deadline on the shared session",
+                self.session.location()
+            )));
+        }
+        Ok(true)
     }
 
     /// Every statement is answered by the last proof + T, while names are
@@ -1159,5 +1211,41 @@ fn run_each(callbacks: impl Iterator<Item = crate::backend::loss::Deferred>) {
                 "a loss or stop-request callback panicked; the other names' callbacks still run"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Finding 2 of adv-speed: a let-go sent while the session's thread
+    /// was ending stayed in the closed channel (the pool's sender kept it,
+    /// and the request its reply sender): the caller waited for the reply
+    /// for ever (seen under a storm of `pg_cancel_backend`, a guard dropped
+    /// after its loss during the lock-delay). Here the request is left in
+    /// a channel closed by its receiver, as the thread's end leaves it.
+    #[test]
+    fn a_request_left_in_a_closed_channel_does_not_hang_its_caller() {
+        let (requests, mut received) = unbounded_channel();
+        let (reply, answer) = std_mpsc::sync_channel(1);
+        requests
+            .send(Request::Let {
+                key: 1,
+                clean: true,
+                reply,
+            })
+            .map_err(drop)
+            .unwrap();
+        received.close();
+        let (done, waited) = std_mpsc::channel();
+        thread::spawn(move || {
+            let _ = done.send(answer_of(&answer, &requests).is_none());
+        });
+        assert_eq!(
+            waited.recv_timeout(Duration::from_secs(10)),
+            Ok(true),
+            "the caller waited for an answer no thread will send"
+        );
+        drop(received);
     }
 }
