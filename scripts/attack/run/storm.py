@@ -46,6 +46,18 @@ exit $rc'''
 if os.environ.get("STORM_LIGHT"):
     WRAP = r'''t0=$EPOCHREALTIME; flock -n -E 99 "$1" sleep "$2"; rc=$?
 if [ $rc = 99 ]; then
+  # Who holds the witness (/proc/locks)? A holder whose descriptor table is
+  # already gone is a SIGKILLed command in the kernel's exit path: it frees
+  # its files highest descriptor first (task_work, LIFO), so the lock file
+  # (fd 4) and holder socket (fd 5) are freed before the witness (fd 3).
+  # That is a late release, not two commands at once: exit 98, not 99.
+  wino=$(stat -c %i "$1"); late=0; live=0
+  for p in $(awk -v i="$wino" '$2=="FLOCK" && $6 ~ (":" i "$") {print $5}' /proc/locks); do
+    n=$(ls /proc/$p/fd 2>/dev/null | wc -l)
+    echo "DUMP witness holder $p fds=$n state=$(cut -d' ' -f3 /proc/$p/stat 2>&1)" >&2
+    if [ "$n" = 0 ]; then late=1; else live=1; fi
+  done
+  if [ $late = 1 ] && [ $live = 0 ] && flock -w 2 "$1" true; then rc=98; fi
   find /proc/[0-9]*/fd -lname "$1" -o -lname "*/locks*/storm*" 2>/dev/null | while read f; do
     p=${f#/proc/}; p=${p%%/*}; echo "DUMP $f -> $(readlink $f) state=$(cut -d' ' -f3 /proc/$p/stat) ppid=$(cut -d' ' -f4 /proc/$p/stat) pgid=$(cut -d' ' -f5 /proc/$p/stat) cmd=$(tr '\0' ' ' < /proc/$p/cmdline)" >&2
   done
@@ -79,7 +91,7 @@ def worker():
         with plock:
             procs.remove(p)
         codes[p.returncode] += 1
-        if p.returncode == 99:
+        if p.returncode in (98, 99):
             print("=== 99 at", time.monotonic(), err.decode(errors="replace"), flush=True)
         for line in err.decode(errors="replace").splitlines():
             if "waiting for lock" in line:
