@@ -44,23 +44,24 @@ echo "sup=$PPID cmd=$$ tok=$ONLYONE_TOKEN ino=$ino sock=$sock $t0 $(date +%s.%N)
 exit $rc'''
 # STORM_LIGHT=1: the witness first, nothing read before it (bash's clock).
 if os.environ.get("STORM_LIGHT"):
-    WRAP = r'''t0=$EPOCHREALTIME; flock -n -E 99 "$1" sleep "$2"; rc=$?
-if [ $rc = 99 ]; then
-  # Who holds the witness (/proc/locks)? A holder whose descriptor table is
-  # already gone is a SIGKILLed command in the kernel's exit path: it frees
-  # its files highest descriptor first (task_work, LIFO), so the lock file
-  # (fd 4) and holder socket (fd 5) are freed before the witness (fd 3).
-  # That is a late release, not two commands at once: exit 98, not 99.
-  wino=$(stat -c %i "$1"); late=0; live=0
-  for p in $(awk -v i="$wino" '$2=="FLOCK" && $6 ~ (":" i "$") {print $5}' /proc/locks); do
-    n=$(ls /proc/$p/fd 2>/dev/null | wc -l)
-    echo "DUMP witness holder $p fds=$n state=$(cut -d' ' -f3 /proc/$p/stat 2>&1)" >&2
-    if [ "$n" = 0 ]; then late=1; else live=1; fi
-  done
-  if [ $late = 1 ] && [ $live = 0 ] && flock -w 2 "$1" true; then rc=98; fi
+    # The witness is held by this bash alone, at fd 9, ABOVE onlyone's lock
+    # file (fd 4) and holder socket (fd 5), and the sleep gets none of the
+    # three: a SIGKILLed process frees its files highest descriptor first
+    # (the kernel's task_work runs LIFO), so the witness is always free
+    # before onlyone's lock is. With `flock -n -E 99 "$1" sleep`, the witness
+    # sat at fd 3 in two processes and a dying command could still hold it
+    # after the lock was free: a late release, read as a 99 (see
+    # late_release.sh and docs/RELIABILITY.md).
+    WRAP = r'''t0=$EPOCHREALTIME; exec 9>>"$1"
+if flock -n 9; then
+  ( for l in /proc/$BASHPID/fd/*; do case $(readlink $l) in socket:*|*.lock) eval "exec ${l##*/}>&-";; esac; done
+    exec 9>&-; exec sleep "$2" ); rc=$?
+else
+  rc=99
   find /proc/[0-9]*/fd -lname "$1" -o -lname "*/locks*/storm*" 2>/dev/null | while read f; do
     p=${f#/proc/}; p=${p%%/*}; echo "DUMP $f -> $(readlink $f) state=$(cut -d' ' -f3 /proc/$p/stat) ppid=$(cut -d' ' -f4 /proc/$p/stat) pgid=$(cut -d' ' -f5 /proc/$p/stat) cmd=$(tr '\0' ' ' < /proc/$p/cmdline)" >&2
   done
+  cat /proc/locks >&2
   echo "DUMP me=$$ sup=$PPID token=$ONLYONE_TOKEN lock=$(ls -li "$ONLYONE_LOCK_FILE" 2>&1)" >&2
 fi
 echo "sup=$PPID cmd=$$ tok=$ONLYONE_TOKEN ino=- sock=- $t0 $EPOCHREALTIME rc=$rc" >> "$1.log"
@@ -91,7 +92,7 @@ def worker():
         with plock:
             procs.remove(p)
         codes[p.returncode] += 1
-        if p.returncode in (98, 99):
+        if p.returncode == 99:
             print("=== 99 at", time.monotonic(), err.decode(errors="replace"), flush=True)
         for line in err.decode(errors="replace").splitlines():
             if "waiting for lock" in line:
