@@ -27,3 +27,4 @@ for trial in range(int(sys.argv[2])):
     except BlockingIOError: res["B-first-A-held"] += 1
     os.close(fa); os.close(fb); os.waitpid(pid, 0)
 print("fds between", n, res)
+import shutil; shutil.rmtree(D)
