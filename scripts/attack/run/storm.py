@@ -44,11 +44,24 @@ echo "sup=$PPID cmd=$$ tok=$ONLYONE_TOKEN ino=$ino sock=$sock $t0 $(date +%s.%N)
 exit $rc'''
 # STORM_LIGHT=1: the witness first, nothing read before it (bash's clock).
 if os.environ.get("STORM_LIGHT"):
-    WRAP = r'''t0=$EPOCHREALTIME; flock -n -E 99 "$1" sleep "$2"; rc=$?
-if [ $rc = 99 ]; then
+    # The witness is held by this bash alone, at fd 9, ABOVE onlyone's lock
+    # file (fd 4) and holder socket (fd 5), and the sleep gets none of the
+    # three: a SIGKILLed process frees its files highest descriptor first
+    # (the kernel's task_work runs LIFO), so the witness is always free
+    # before onlyone's lock is. With `flock -n -E 99 "$1" sleep`, the witness
+    # sat at fd 3 in two processes and a dying command could still hold it
+    # after the lock was free: a late release, read as a 99 (see
+    # late_release.sh and docs/RELIABILITY.md).
+    WRAP = r'''t0=$EPOCHREALTIME; exec 9>>"$1"
+if flock -n 9; then
+  ( for l in /proc/$BASHPID/fd/*; do case $(readlink $l) in socket:*|*.lock) eval "exec ${l##*/}>&-";; esac; done
+    exec 9>&-; exec sleep "$2" ); rc=$?
+else
+  rc=99
   find /proc/[0-9]*/fd -lname "$1" -o -lname "*/locks*/storm*" 2>/dev/null | while read f; do
     p=${f#/proc/}; p=${p%%/*}; echo "DUMP $f -> $(readlink $f) state=$(cut -d' ' -f3 /proc/$p/stat) ppid=$(cut -d' ' -f4 /proc/$p/stat) pgid=$(cut -d' ' -f5 /proc/$p/stat) cmd=$(tr '\0' ' ' < /proc/$p/cmdline)" >&2
   done
+  cat /proc/locks >&2
   echo "DUMP me=$$ sup=$PPID token=$ONLYONE_TOKEN lock=$(ls -li "$ONLYONE_LOCK_FILE" 2>&1)" >&2
 fi
 echo "sup=$PPID cmd=$$ tok=$ONLYONE_TOKEN ino=- sock=- $t0 $EPOCHREALTIME rc=$rc" >> "$1.log"
